@@ -1,0 +1,1 @@
+"""Micrograph and annotation readers, the chunk writer, the chunk loader and the PU batch sampler."""

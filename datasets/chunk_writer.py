@@ -1,0 +1,152 @@
+"""Fixed-size, atomic, resumable chunk writing and the metadata.json that describes it.
+
+The samples of a split arrive as an ordered stream, micrograph after micrograph. Every `chunk_size`
+samples become `{split}_chunk_{k:04d}.pt`, written to `<name>.tmp` and moved into place with
+`os.replace`; metadata.json is then rewritten the same way with a cursor (micrograph position, samples
+of it already written). A resumed run regenerates the micrograph under the cursor (its RNG is seeded by
+its index), skips what was written, and so produces byte-identical chunks to an uninterrupted run.
+"""
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.chunk_format import CHUNK_KEYS, SAMPLE_TYPES, SCHEMA_VERSION, chunk_name
+from datasets.errors import InputError
+from utils.config import diff_keys
+from utils.files import atomic_write_json
+
+TYPE_NAMES = {code: name for name, code in SAMPLE_TYPES.items()}
+TORCH_DTYPES = {"patches": torch.uint8, "label": torch.int8, "sample_type": torch.int8,
+                "true_label": torch.int8, "micrograph": torch.int32, "xy": torch.int32}
+
+
+def _is_ours(name):
+    return name in ("metadata.json", "metadata.json.tmp") or ("_chunk_" in name and
+                                                              name.endswith((".pt", ".pt.tmp")))
+
+
+def prepare_output_dir(output_dir, tool, config, resume):
+    """Load the metadata to resume from (or None to start fresh), refusing anything unsafe.
+
+    Refuses: a dir holding another tool's chunks or files that are not ours; resuming with a config
+    that differs (names the keys). `resume=False` deletes only this tool's files.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = output_dir / "metadata.json"
+    metadata = None
+    if meta_path.exists():
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{meta_path} is corrupt ({exc.msg}); rerun with --no-resume to start over") from exc
+        if metadata.get("tool") != tool:
+            raise InputError(f"{output_dir} holds chunks written by {metadata.get('tool', 'another tool')}, "
+                             f"not {tool}; choose another --output-dir")
+    else:
+        foreign = sorted(p.name for p in output_dir.iterdir() if not _is_ours(p.name))
+        if foreign:
+            raise InputError(f"{output_dir} holds files that {tool} did not write (e.g. {foreign[0]}); "
+                             f"choose an empty or new --output-dir")
+    if not resume:
+        for path in output_dir.iterdir():
+            if _is_ours(path.name):
+                path.unlink()
+        return None
+    if metadata is not None:
+        differing = diff_keys(metadata["config"], config)
+        if differing:
+            raise InputError(f"{output_dir} was written with a different config ({', '.join(differing)}); "
+                             f"use --no-resume to overwrite it or another --output-dir")
+    return metadata
+
+
+class ChunkStore:
+    """Owns an output dir: the metadata, the chunk files and the per-split cursor."""
+
+    def __init__(self, output_dir, tool, config, micrographs, metadata=None):
+        self.output_dir = Path(output_dir)
+        self.chunk_size = int(config["chunk_size"])
+        self.metadata = metadata or {
+            "schema_version": SCHEMA_VERSION, "tool": tool, "complete": False, "config": config,
+            "micrographs": micrographs, "splits": {}, "priors": {},
+            "resume": {"micrographs_done": 0}, "skipped_micrographs": []}
+
+    def split_state(self, split):
+        return self.metadata["splits"].setdefault(split, {
+            "chunks": [], "counts": {name: 0 for name in SAMPLE_TYPES}, "count": 0,
+            "cursor": {"position": 0, "offset": 0}, "complete": False})
+
+    def save(self):
+        self.metadata["resume"]["micrographs_done"] = sum(
+            1 for m in self.metadata["micrographs"] if m.get("status") in ("done", "skipped"))
+        atomic_write_json(self.output_dir / "metadata.json", self.metadata)
+
+    def write_chunk(self, split, samples, cursor):
+        """Write one chunk atomically, record it and the cursor, then rewrite metadata.json."""
+        state = self.split_state(split)
+        name = chunk_name(split, len(state["chunks"]))
+        path = self.output_dir / name
+        tmp = path.with_name(name + ".tmp")
+        tensors = {key: torch.from_numpy(np.ascontiguousarray(samples[key])).to(TORCH_DTYPES[key])
+                   for key in CHUNK_KEYS}
+        try:
+            torch.save(tensors, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno == errno.ENOSPC:
+                raise InputError(f"disk full while writing {path}; free space and rerun the same command "
+                                 f"to resume (earlier chunks are intact)") from exc
+            raise
+        counts = {name: int(np.sum(samples["sample_type"] == code)) for code, name in TYPE_NAMES.items()}
+        state["chunks"].append({"file": name, "count": int(len(samples["label"])), "counts": counts})
+        state["count"] += int(len(samples["label"]))
+        for key, value in counts.items():
+            state["counts"][key] += value
+        state["cursor"] = dict(cursor)
+        self.save()
+
+
+class SplitStream:
+    """Feeds one split's ordered micrograph samples into fixed-size chunks, honouring the cursor."""
+
+    def __init__(self, store, split):
+        self.store, self.split = store, split
+        self.state = store.split_state(split)
+        self.buffer, self.buffered = [], 0
+
+    @property
+    def resume_position(self):
+        return self.state["cursor"]["position"]
+
+    def feed(self, position, samples):
+        """Add micrograph `position`'s samples (dict of arrays); writes every full chunk."""
+        n = len(samples["label"])
+        start = self.state["cursor"]["offset"] if position == self.resume_position and not self.buffer else 0
+        while start < n:
+            take = min(n - start, self.store.chunk_size - self.buffered)
+            self.buffer.append({k: v[start:start + take] for k, v in samples.items()})
+            self.buffered += take
+            start += take
+            if self.buffered == self.store.chunk_size:
+                cursor = {"position": position + 1, "offset": 0} if start == n else \
+                    {"position": position, "offset": start}
+                self._flush(cursor)
+
+    def _flush(self, cursor):
+        merged = {k: np.concatenate([part[k] for part in self.buffer]) for k in self.buffer[0]}
+        self.store.write_chunk(self.split, merged, cursor)
+        self.buffer, self.buffered = [], 0
+
+    def finish(self, n_positions):
+        """Write the last, partial chunk and mark the split complete."""
+        if self.buffered:
+            self._flush({"position": n_positions, "offset": 0})
+        self.state["cursor"] = {"position": n_positions, "offset": 0}
+        self.state["complete"] = True
+        self.store.save()

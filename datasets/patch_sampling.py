@@ -1,0 +1,154 @@
+"""Which patches a micrograph contributes, for the two preprocessors. Pure functions on arrays.
+
+Both take the micrograph already rescaled and normalised (uint8), particle centres in the same
+(rescaled) pixels, and a per-micrograph numpy Generator, and return a dict of numpy arrays in the
+chunk contract's terms (patches, label, sample_type, true_label, xy = patch centre in rescaled px).
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.spatial import cKDTree
+
+from datasets.chunk_format import (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED, SAMPLE_TYPES)
+
+LABELED = SAMPLE_TYPES["labeled_positive"]
+HIDDEN = SAMPLE_TYPES["hidden_positive"]
+BACKGROUND = SAMPLE_TYPES["background"]
+KNOWN_NEGATIVE = SAMPLE_TYPES["known_negative"]
+UNLABELED = SAMPLE_TYPES["unlabeled"]
+
+
+def near(centres_xy, particles_xy, radius):
+    """True for each centre with a particle within `radius` (same pixel units)."""
+    if len(particles_xy) == 0 or len(centres_xy) == 0:
+        return np.zeros(len(centres_xy), dtype=bool)
+    distance, _ = cKDTree(particles_xy).query(centres_xy, k=1, distance_upper_bound=radius)
+    return np.isfinite(distance)
+
+
+def cut_patches(image, centres_xy, size):
+    """Patches of `size` px centred on integer centres; the micrograph is reflect-padded at its edges."""
+    half = size // 2
+    padded = np.pad(image, half, mode="reflect")
+    windows = sliding_window_view(padded, (size, size))
+    xy = np.asarray(centres_xy, dtype=np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(windows[xy[:, 1], xy[:, 0]])
+
+
+def window_centres(height, width, size, stride):
+    """Centres (x, y) of the sliding windows that fit entirely inside the micrograph, row-major."""
+    if height < size or width < size:
+        return np.zeros((0, 2), dtype=np.int64)
+    ys = np.arange(0, height - size + 1, stride) + size // 2
+    xs = np.arange(0, width - size + 1, stride) + size // 2
+    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+
+
+def _samples(image, centres, label, sample_type, true_label, size):
+    return {"patches": cut_patches(image, centres, size),
+            "label": np.asarray(label, dtype=np.int8),
+            "sample_type": np.asarray(sample_type, dtype=np.int8),
+            "true_label": np.asarray(true_label, dtype=np.int8),
+            "xy": np.asarray(centres, dtype=np.float64).reshape(-1, 2)}
+
+
+def concat_samples(parts, size):
+    """One sample dict from several (in order); an empty dict of the right dtypes when none."""
+    parts = [p for p in parts if len(p["label"])]
+    if not parts:
+        return {"patches": np.zeros((0, size, size), np.uint8), "label": np.zeros(0, np.int8),
+                "sample_type": np.zeros(0, np.int8), "true_label": np.zeros(0, np.int8),
+                "xy": np.zeros((0, 2), np.float64)}
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def sliding_window_samples(image, labeled_xy, truth_xy, rng, *, size, stride, radius, ratio, train):
+    """The guide's sliding windows: positive when a labeled centre is within `radius` of the window centre.
+
+    Keeps every positive window and a seeded `ratio` of the others. In train, windows without a labeled
+    particle are unlabeled (label 0); their truth comes from `truth_xy` when known, else stays unknown.
+    In val/test the annotations are taken as complete: positives label 1, others label 0.
+    Returns (samples, stats) where stats holds the window counts the prior estimate needs.
+    """
+    height, width = image.shape
+    centres = window_centres(height, width, size, stride)
+    positive = near(centres, labeled_xy, radius)
+    others = np.flatnonzero(~positive)
+    n_keep = int(round(ratio * len(others)))
+    kept_others = np.sort(rng.choice(others, size=n_keep, replace=False)) if n_keep else others[:0]
+    keep = np.sort(np.concatenate([np.flatnonzero(positive), kept_others]))
+    centres, positive = centres[keep], positive[keep]
+    truth = near(centres, truth_xy, radius) if truth_xy is not None else None
+    if train:
+        label = np.where(positive, LABEL_POSITIVE, LABEL_UNLABELED)
+        if truth is None:
+            sample_type = np.where(positive, LABELED, UNLABELED)
+            true_label = np.where(positive, 1, -1)
+        else:
+            sample_type = np.where(positive, LABELED, np.where(truth, HIDDEN, BACKGROUND))
+            true_label = (positive | truth).astype(int)
+    else:
+        truth = positive if truth is None else truth
+        label = np.where(positive, LABEL_POSITIVE, LABEL_UNLABELED)
+        sample_type = np.where(truth, LABELED, BACKGROUND)
+        true_label = truth.astype(int)
+    stats = {"windows": int(len(positive) - len(kept_others) + len(others)),
+             "unlabeled_windows": int(len(others))}
+    return _samples(image, centres, label, sample_type, true_label, size), stats
+
+
+def negative_candidates(height, width, particles_xy, *, size, spacing, min_distance):
+    """Distinct grid positions whose patch fits the micrograph and which lie >= min_distance from every particle."""
+    half = size // 2
+    if height < size or width < size:
+        return np.zeros((0, 2), dtype=np.int64)
+    step = max(1, int(round(spacing)))
+    ys = np.arange(half, height - half + 1, step)
+    xs = np.arange(half, width - half + 1, step)
+    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+    if len(particles_xy):
+        grid = grid[~near(grid, particles_xy, min_distance - 1e-9)]
+    return grid
+
+
+def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
+                    hide_ratio, neg_per_pos, neg_min_distance, train):
+    """The COCO PU split of one micrograph (particle-centred positives, hidden positives, far negatives).
+
+    Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; negatives are
+    `neg_per_pos` per particle, at distinct grid positions >= `neg_min_distance` diameters from every
+    annotated particle; rejected picks (PUFP) become known negatives. Val/test: every particle is a
+    positive, negatives by the same rule, labels true. `truth_xy` (all particles, when known) sets
+    true_label, so a negative that lands on an unannotated particle is marked a hidden positive.
+    """
+    height, width = image.shape
+    n = len(particles_xy)
+    order = rng.permutation(n)
+    n_hide = int(n * hide_ratio) if train else 0
+    hidden, labeled = particles_xy[order[:n_hide]], particles_xy[order[n_hide:]]
+    centres_pos = np.rint(labeled).astype(np.int64)
+    centres_hid = np.rint(hidden).astype(np.int64)
+    np.clip(centres_pos, 0, [width - 1, height - 1], out=centres_pos)
+    np.clip(centres_hid, 0, [width - 1, height - 1], out=centres_hid)
+    wanted = int(round(neg_per_pos * n))
+    candidates = negative_candidates(height, width, particles_xy, size=size,
+                                     spacing=diameter / 4, min_distance=neg_min_distance * diameter)
+    take = min(wanted, len(candidates))
+    negatives = candidates[np.sort(rng.choice(len(candidates), size=take, replace=False))] if take else candidates[:0]
+    on_particle = near(negatives, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(take, bool)
+    parts = [
+        _samples(image, centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
+                 np.ones(len(labeled)), size),
+        _samples(image, centres_hid, np.full(n_hide, LABEL_UNLABELED), np.full(n_hide, HIDDEN),
+                 np.ones(n_hide), size),
+        _samples(image, negatives, np.full(take, LABEL_UNLABELED),
+                 np.where(on_particle, HIDDEN, BACKGROUND), on_particle.astype(int), size),
+    ]
+    if train and known_negative_xy is not None and len(known_negative_xy):
+        centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
+        k = len(centres_kn)
+        parts.append(_samples(image, centres_kn, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
+                              np.zeros(k), size))
+    stats = {"negatives_wanted": wanted, "negatives_found": int(take), "hidden": int(n_hide)}
+    return concat_samples(parts, size), stats

@@ -1,0 +1,183 @@
+"""The driver both preprocessors share: read micrographs in parallel, sample patches, write chunks.
+
+A tool hands over its micrograph records and a picklable `sample_fn(image, particles_xy, truth_xy,
+known_negative_xy, rng, train=bool) -> (samples, stats)` working in rescaled pixels. Micrographs are processed by a
+multiprocessing pool and consumed strictly in order, so the chunks do not depend on the worker count;
+each micrograph's RNG is seeded by (seed, its index in the whole dataset), so shards and resumes agree.
+"""
+import time
+import warnings
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from datasets.chunk_writer import ChunkStore, SplitStream, prepare_output_dir
+from datasets.coordinates import drop_outside
+from datasets.errors import InputError
+from datasets.layout import SPLITS
+from datasets.micrographs import normalize_to_uint8, read_micrograph, rescale
+from utils.files import bytes_on_disk, peak_rss_mb
+
+
+def to_scaled(xy, scale_xy):
+    """Original-pixel coordinates -> rescaled-micrograph pixels (pixel centres map onto pixel centres)."""
+    return (np.asarray(xy, dtype=np.float64) + 0.5) * np.asarray(scale_xy) - 0.5
+
+
+def to_original(xy, scale_xy):
+    """Rescaled-micrograph pixels -> original-micrograph pixels (inverse of to_scaled)."""
+    return (np.asarray(xy, dtype=np.float64) + 0.5) / np.asarray(scale_xy) - 0.5
+
+
+def prepare_micrograph(image, scale, clip_sigma):
+    """Rescale then normalise to uint8: what preprocessing and picking both do to a micrograph.
+
+    Returns (uint8 image, (scale_x, scale_y)) with the exact per-axis scales of the resampled grid.
+    """
+    height, width = image.shape
+    prepared = normalize_to_uint8(rescale(image, scale), clip_sigma=clip_sigma)
+    return prepared, (prepared.shape[1] / width, prepared.shape[0] / height)
+
+
+def parse_shard(text):
+    """'i/N' -> (i, N) with 0 <= i < N."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError as exc:
+        raise InputError(f"--shard {text} must look like i/N, e.g. 0/4") from exc
+    if not 0 <= index < count:
+        raise InputError(f"--shard {text}: need 0 <= i < N")
+    return index, count
+
+
+def _xy(particles):
+    return None if particles is None else particles[:, :2]
+
+
+def process_micrograph(record, *, scale, clip_sigma, seed, sample_fn):
+    """Read, rescale, normalise and sample one micrograph; a decode failure comes back as an error."""
+    try:
+        image = read_micrograph(record.path)
+    except InputError as exc:
+        return {"error": str(exc)}
+    height, width = image.shape
+    prepared, scale_xy = prepare_micrograph(image, scale, clip_sigma)
+    particles, n_dropped = drop_outside(record.particles, width, height)
+    truth = None if record.truth is None else drop_outside(record.truth, width, height)[0]
+    rejected = None if record.known_negatives is None else drop_outside(record.known_negatives, width, height)[0]
+    rng = np.random.default_rng([seed, record.index])
+    scaled = [None if p is None else to_scaled(_xy(p), scale_xy) for p in (particles, truth, rejected)]
+    samples, stats = sample_fn(prepared, scaled[0], scaled[1], scaled[2], rng, train=record.split == "train")
+    samples["xy"] = np.rint(to_original(samples["xy"], scale_xy)).astype(np.int32)
+    info = {"width": width, "height": height, "scale_x": scale_xy[0], "scale_y": scale_xy[1],
+            "n_particles": int(len(particles)), "n_dropped": int(n_dropped),
+            "n_samples": int(len(samples["label"])), **stats}
+    return {"samples": samples, "info": info}
+
+
+def ordered_results(function, items, num_workers):
+    """function(item) for each item, in order, over a process pool when num_workers > 1."""
+    if num_workers <= 1:
+        yield from map(function, items)
+        return
+    with get_context("spawn").Pool(num_workers) as pool:
+        yield from pool.imap(function, items, chunksize=1)
+
+
+def _consume(store, stream, table_row, position, result, strict):
+    entry = store.metadata["micrographs"][table_row]
+    if "error" in result:
+        if strict:
+            raise InputError(result["error"] + " (--strict)")
+        warnings.warn(result["error"])
+        entry.update(status="skipped", reason=result["error"])
+        return
+    entry.update(status="done", **result["info"])
+    samples = result["samples"]
+    samples["micrograph"] = np.full(len(samples["label"]), table_row, dtype=np.int32)
+    stream.feed(position, samples)
+
+
+def run_preprocessing(tool, config, records, sample_fn, *, output_dir, resume, num_workers, strict,
+                      priors_fn, scale):
+    """Write every split's chunks into output_dir (resuming where it stopped) and return a summary."""
+    start = time.time()
+    table = [{"index": r.index, "path": str(Path(r.path).resolve()), "stem": r.stem, "split": r.split,
+              "status": "pending"} for r in records]
+    metadata = prepare_output_dir(output_dir, tool, config, resume)
+    if metadata is not None and [m["path"] for m in metadata["micrographs"]] != [t["path"] for t in table]:
+        raise InputError(f"the micrographs found now differ from those {output_dir} was started with; "
+                         f"use --no-resume to start over or another --output-dir")
+    if metadata is not None and metadata.get("complete"):
+        return summarize(metadata, output_dir, start, already_complete=True)
+    store = ChunkStore(output_dir, tool, config, table, metadata)
+    worker = partial(process_micrograph, scale=scale, clip_sigma=config["clip_sigma"], seed=config["seed"],
+                     sample_fn=sample_fn)
+    rows = {r.index: row for row, r in enumerate(records)}
+    with tqdm(total=len(records), desc=f"{tool}", unit="micrograph") as bar:
+        for split in SPLITS:
+            split_records = [r for r in records if r.split == split]
+            stream = SplitStream(store, split)
+            if stream.state["complete"]:
+                bar.update(len(split_records))
+                continue
+            first = stream.resume_position
+            bar.update(first)
+            todo = split_records[first:]
+            for position, result in enumerate(ordered_results(worker, todo, num_workers), start=first):
+                _consume(store, stream, rows[split_records[position].index], position, result, strict)
+                bar.update(1)
+            stream.finish(len(split_records))
+    store.metadata["priors"] = priors_fn(store.metadata)
+    store.metadata["complete"] = True
+    store.save()
+    return summarize(store.metadata, output_dir, start)
+
+
+def summarize(metadata, output_dir, start, already_complete=False):
+    """Counts per split and sample type, bytes on disk, seconds, peak memory."""
+    files = [Path(output_dir) / c["file"] for s in metadata["splits"].values() for c in s["chunks"]]
+    skipped = [m for m in metadata["micrographs"] if m.get("status") == "skipped"]
+    return {
+        "output_dir": str(output_dir), "already_complete": already_complete,
+        "micrographs": len(metadata["micrographs"]), "skipped_micrographs": len(skipped),
+        "micrographs_per_split": {split: sum(m["split"] == split for m in metadata["micrographs"])
+                                  for split in SPLITS},
+        "dropped_particles": sum(m.get("n_dropped", 0) for m in metadata["micrographs"]),
+        "splits": {name: {"count": s["count"], "chunks": len(s["chunks"]), **s["counts"]}
+                   for name, s in metadata["splits"].items()},
+        "priors": metadata["priors"], "bytes": bytes_on_disk(files), "seconds": time.time() - start,
+        "peak_rss_mb": peak_rss_mb()}
+
+
+def print_summary(summary):
+    from utils.files import human_bytes
+    state = "already complete, nothing to do" if summary["already_complete"] else "done"
+    print(f"\n{summary['output_dir']}: {state}")
+    print(f"  micrographs: {summary['micrographs']} ({summary['skipped_micrographs']} skipped, unreadable)")
+    print(f"  particles outside their micrograph (dropped): {summary['dropped_particles']}")
+    for split, counts in summary["splits"].items():
+        parts = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k not in ("count", "chunks") and v)
+        print(f"  {split:5s}: {counts['count']:,} patches in {counts['chunks']} chunk(s) ({parts})")
+    for key, value in summary["priors"].items():
+        print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    print(f"  on disk: {human_bytes(summary['bytes'])}; {summary['seconds']:.1f} s; "
+          f"peak memory {summary['peak_rss_mb']:.0f} MB")
+
+
+def counted_prior(train_counts):
+    """pi for nnPU: the fraction of positives among the unlabeled training samples (hidden / (hidden + background))."""
+    hidden, background = train_counts.get("hidden_positive", 0), train_counts.get("background", 0)
+    return hidden / (hidden + background) if hidden + background else float("nan")
+
+
+def positive_fraction(train_counts):
+    """The guide's number: positives (labeled + hidden) over all training patches."""
+    total = sum(train_counts.values())
+    positives = train_counts.get("labeled_positive", 0) + train_counts.get("hidden_positive", 0)
+    return positives / total if total else float("nan")

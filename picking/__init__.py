@@ -1,0 +1,1 @@
+"""Picking: dense scoring of whole micrographs, non-maximum suppression, pick-level evaluation."""

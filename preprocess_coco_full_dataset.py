@@ -1,0 +1,153 @@
+"""COCO / CryoPPP particle annotations -> a PU split in chunked .pt files (the training guide's step 1).
+
+Inputs: --data-root in the CryoTransformer layout (`{train,val,test}/` micrographs,
+`annotations/instances_<split>.json`, else `particle_coordinates/<stem>.csv`; `ground_truth/` when the
+complete truth is known, as for make_synthetic_dataset.py output), configs/coco_pu_preprocessing.yaml.
+Outputs, in --output-dir: `{train,val,test}_chunk_0000.pt ...` (DESIGN.md's chunk contract) and
+metadata.json with the micrograph table, counts and the priors.
+
+Per train micrograph: a seeded `hide_ratio` of the particles is hidden (their particle-centred patches
+go to the unlabeled set), the rest are labeled positives; `neg_per_pos` negatives per particle are cut at
+distinct positions at least `neg_min_distance` diameters from every annotated particle (dense micrographs
+may hold fewer: the achieved ratio is recorded). Val/test keep true labels for evaluation.
+prior_unlabeled = hidden / (hidden + background) is the pi nnPU needs; positive_fraction is the guide's
+positives / all patches, kept for comparison only.
+
+    python preprocess_coco_full_dataset.py --data-root data/synthetic --output-dir data/chunks/coco_pu \
+        --patch-size 128 --hide-ratio 0.3 --neg-per-pos 1.0 --seed 42
+"""
+import argparse
+import sys
+import warnings
+from functools import partial
+from pathlib import Path
+
+from datasets.errors import InputError
+from datasets.layout import dataset_diameter, load_dataset
+from datasets.patch_sampling import coco_pu_samples
+from datasets.preprocess_run import (counted_prior, parse_shard, positive_fraction, print_summary,
+                                     run_preprocessing)
+from preprocess_chunked import shard_dir
+from utils.config import resolve_config
+
+TOOL = "preprocess_coco_full_dataset"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "coco_pu_preprocessing.yaml"
+FLAG_KEYS = {"data_root": "data.data_root", "known_negatives": "data.known_negatives",
+             "output_dir": "data.output_dir", "patch_size": "preprocessing.patch_size",
+             "target_diameter": "preprocessing.target_diameter",
+             "particle_diameter": "preprocessing.particle_diameter",
+             "native_resolution": "preprocessing.native_resolution", "hide_ratio": "preprocessing.hide_ratio",
+             "neg_per_pos": "preprocessing.neg_per_pos", "neg_min_distance": "preprocessing.neg_min_distance",
+             "max_images_train": "preprocessing.max_images_train", "chunk_size": "preprocessing.chunk_size",
+             "seed": "preprocessing.seed"}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (defaults: %(default)s)")
+    parser.add_argument("--data-root", help="CryoTransformer-layout dataset root")
+    parser.add_argument("--output-dir", help="where chunks and metadata.json go (your big disk)")
+    parser.add_argument("--known-negatives", help="PUFP: rejected picks (file or folder, any format)")
+    parser.add_argument("--patch-size", type=int)
+    parser.add_argument("--target-diameter", type=float, help="particle diameter after rescaling, px")
+    parser.add_argument("--particle-diameter", type=float, help="particle diameter in original px")
+    parser.add_argument("--native-resolution", action="store_true", default=None,
+                        help="keep original pixels (the guide's behaviour)")
+    parser.add_argument("--hide-ratio", type=float, help="fraction of train particles hidden as unlabeled")
+    parser.add_argument("--neg-per-pos", type=float, help="negatives per particle")
+    parser.add_argument("--neg-min-distance", type=float, help="negatives at least this x diameter away")
+    parser.add_argument("--max-images-train", type=int, help="use only the first N train micrographs")
+    parser.add_argument("--chunk-size", type=int, help="patches per chunk file")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--num-workers", type=int, default=1, help="processes (output is identical for any)")
+    parser.add_argument("--shard", help="i/N: process every N-th micrograph into <output-dir>/shard-i-of-N")
+    parser.add_argument("--no-resume", action="store_true", help="delete this tool's chunks and start over")
+    parser.add_argument("--strict", action="store_true", help="fail on an unreadable micrograph")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
+    return parser
+
+
+def resolve(args):
+    flags = {dotted: getattr(args, name) for name, dotted in FLAG_KEYS.items()}
+    config = resolve_config(DEFAULT_CONFIG, args.config, flags, args.set)
+    pre = config["preprocessing"]
+    if not 0.0 <= pre["hide_ratio"] < 1.0:
+        raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
+    if pre["neg_per_pos"] < 0 or pre["neg_min_distance"] < 0:
+        raise InputError("--neg-per-pos and --neg-min-distance must not be negative")
+    return config
+
+
+def coco_priors(metadata):
+    """prior_unlabeled (pi for nnPU), the guide's positive_fraction, and the achieved negative ratio."""
+    counts = metadata["splits"]["train"]["counts"]
+    done = [m for m in metadata["micrographs"] if m.get("split") == "train" and m.get("status") == "done"]
+    wanted = sum(m["negatives_wanted"] for m in done)
+    found = sum(m["negatives_found"] for m in done)
+    particles = sum(m["n_particles"] for m in done)
+    return {"prior_unlabeled": counted_prior(counts), "method": "counted",
+            "positive_fraction": positive_fraction(counts),
+            "neg_per_pos_requested": metadata["config"]["neg_per_pos"],
+            "neg_per_pos_achieved": found / particles if particles else 0.0,
+            "negatives_short": wanted - found}
+
+
+def select_train(records, max_images):
+    if max_images is None:
+        return records
+    train = [r for r in records if r.split == "train"][:max_images]
+    keep = {r.index for r in train} | {r.index for r in records if r.split != "train"}
+    return [r for r in records if r.index in keep]
+
+
+def run(config, args, shard):
+    data, pre = config["data"], config["preprocessing"]
+    records, report = load_dataset(data["data_root"], None, pre["seed"], pre["split_fractions"],
+                                   known_negatives=data["known_negatives"])
+    records = select_train(records, pre["max_images_train"])
+    diameter = dataset_diameter(records, pre["particle_diameter"])
+    scale = 1.0 if pre["native_resolution"] else pre["target_diameter"] / diameter
+    if shard is not None:
+        records = [r for r in records if r.index % shard[1] == shard[0]]
+    sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=diameter * scale,
+                      hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
+                      neg_min_distance=pre["neg_min_distance"])
+    stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()),
+              "known_negatives": data["known_negatives"], "shard": args.shard,
+              "particle_diameter_px": diameter, "scale": scale, "label_source": report["label_source"]}
+    for split in ("train", "val", "test"):
+        print(f"Processing {split} split: {sum(r.split == split for r in records)} micrographs")
+    print(f"particle diameter {diameter:g} px, scale {scale:.4f} (particles become {diameter * scale:.1f} px)")
+    summary = run_preprocessing(TOOL, stored, records, sampler, output_dir=shard_dir(data["output_dir"], shard),
+                                resume=not args.no_resume, num_workers=args.num_workers, strict=args.strict,
+                                priors_fn=coco_priors, scale=scale)
+    if summary["priors"]["negatives_short"] > 0:
+        warnings.warn(f"micrographs too dense for {pre['neg_per_pos']} negatives per particle at "
+                      f"{pre['neg_min_distance']} diameters: achieved {summary['priors']['neg_per_pos_achieved']:.2f}")
+    return summary
+
+
+def print_guide_summary(summary):
+    train = summary["splits"].get("train", {})
+    print(f"\nTrain micrographs: {summary['micrographs_per_split']['train']}")
+    print(f"  Positive patches (labeled): {train.get('labeled_positive', 0):,}")
+    print(f"  Unlabeled patches: {train.get('hidden_positive', 0) + train.get('background', 0):,}")
+    print(f"  prior_unlabeled (pi for nnPU): {summary['priors']['prior_unlabeled']:.4f}")
+    print(f"  positive_fraction (the guide's prior): {summary['priors']['positive_fraction']:.4f}")
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        config = resolve(args)
+        summary = run(config, args, parse_shard(args.shard))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    print_summary(summary)
+    print_guide_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""The test suite's entry: preprocessing tests here, the rest under tests/.
+
+    python -m pytest -q            # the whole suite (pytest.ini lists this file and tests/)
+    python test_chunked_pipeline.py  # the same
+"""
+import errno
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.spatial import cKDTree
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+
+import preprocess_chunked  # noqa: E402
+import preprocess_coco_full_dataset  # noqa: E402
+import run_chunked_preprocessing  # noqa: E402
+from datasets import chunk_writer  # noqa: E402
+from datasets.coordinates import make_particles, read_coco, write_coco, write_cryoppp_csv  # noqa: E402
+
+EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
+SIZE, DIAMETER = 256, 24
+
+
+def _micrograph(rng, centres):
+    """A noisy 256 px micrograph with a dark disc-like blob at each particle centre."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    image = rng.normal(128, 12, (SIZE, SIZE))
+    for x, y in centres:
+        image -= 60 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (DIAMETER / 4) ** 2))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_tiny_dataset(root, n_train=4, n_val=1, n_test=1, seed=0, truth=False):
+    """CryoTransformer layout with PNG micrographs, COCO annotations and (optionally) ground_truth/."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+        (root / split).mkdir(parents=True)
+        table, images = {}, {}
+        for i in range(count):
+            stem = f"{split}_mic{i:02d}"
+            grid = np.stack(np.meshgrid(np.arange(30, 230, 40), np.arange(30, 230, 40)), -1).reshape(-1, 2)
+            centres = grid[rng.random(len(grid)) < 0.5] + rng.integers(-4, 5, (1, 2))
+            Image.fromarray(_micrograph(rng, centres)).save(root / split / f"{stem}.png")
+            particles = make_particles(centres[:, 0], centres[:, 1], DIAMETER)
+            images[stem] = {"file_name": f"{stem}.png", "width": SIZE, "height": SIZE, "id": i}
+            labeled = particles[rng.random(len(particles)) < 0.7] if (truth and split == "train") else particles
+            table[stem] = labeled
+            if truth:
+                (root / "ground_truth").mkdir(exist_ok=True)
+                write_cryoppp_csv(root / "ground_truth" / f"{stem}.csv", particles)
+        (root / "annotations").mkdir(exist_ok=True)
+        write_coco(root / "annotations" / f"instances_{split}.json", table, images)
+    return root
+
+
+def coco_args(root, out, *extra):
+    return ["--data-root", str(root), "--output-dir", str(out), "--patch-size", "32", "--target-diameter", "16",
+            "--chunk-size", "40", *extra]
+
+
+def sliding_args(root, out, *extra):
+    return ["--data-root", str(root), "--output-dir", str(out), "--patch-size", "32", "--stride", "16",
+            "--target-diameter", "16", "--chunk-size", "100", "--ratio", "0.5", *extra]
+
+
+def load_split(out, split):
+    meta = json.loads((Path(out) / "metadata.json").read_text())
+    chunks = [torch.load(Path(out) / c["file"], weights_only=True) for c in meta["splits"][split]["chunks"]]
+    return meta, {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def chunk_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(Path(out).glob("*_chunk_*.pt"))}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny_dataset(tmp_path / "data")
+
+
+# ---------------------------------------------------------------- COCO PU split
+def test_coco_counts_priors_and_positions(tiny, tmp_path):
+    out = tmp_path / "out"
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out))
+    meta, train = load_split(out, "train")
+    table, _ = read_coco(tiny / "annotations" / "instances_train.json")
+    n_particles = sum(len(v) for v in table.values())
+    types = train["sample_type"].numpy()
+    labeled, hidden, background = (types == 0).sum(), (types == 1).sum(), (types == 2).sum()
+    assert labeled + hidden == n_particles
+    assert hidden == sum(int(len(v) * 0.3) for v in table.values())
+    assert meta["priors"]["prior_unlabeled"] == pytest.approx(hidden / (hidden + background))
+    assert meta["priors"]["positive_fraction"] == pytest.approx((labeled + hidden) / len(types))
+    assert summary["splits"]["train"]["count"] == len(types) and meta["complete"]
+    assert train["patches"].dtype == torch.uint8 and tuple(train["patches"].shape[1:]) == (32, 32)
+    # every positive patch is centred on an annotated particle (original pixels, within rounding)
+    centres = {stem: v[:, :2] for stem, v in table.items()}
+    stems = [m["stem"] for m in meta["micrographs"]]
+    for xy, mic, t in zip(train["xy"].numpy(), train["micrograph"].numpy(), types):
+        d, _ = cKDTree(centres[stems[mic]]).query(xy)
+        if t in (0, 1):
+            assert d <= 1.5
+        else:  # negatives keep >= 1.5 diameters from every particle (1 rescaled px of rounding)
+            assert d >= 1.5 * DIAMETER - 2.0
+    # the patch centre pixel is dark (a particle) for positives, on average
+    centre = train["patches"][:, 16, 16].float()
+    assert centre[torch.from_numpy(types == 0)].mean() < centre[torch.from_numpy(types == 2)].mean() - 20
+
+
+def test_coco_truth_marks_unannotated_particles_and_val_keeps_true_labels(tmp_path):
+    root = make_tiny_dataset(tmp_path / "data", truth=True)
+    out = tmp_path / "out"
+    preprocess_coco_full_dataset.main(coco_args(root, out))
+    _, val = load_split(out, "val")
+    assert set(val["label"].tolist()) <= {0, 1}
+    assert torch.equal(val["label"].long(), val["true_label"].long())
+    _, train = load_split(out, "train")
+    hidden = train["sample_type"] == 1
+    assert torch.all(train["true_label"][hidden] == 1) and torch.all(train["label"][hidden] == 0)
+
+
+def test_known_negatives_become_label_minus_one(tiny, tmp_path):
+    rejected = tmp_path / "rejected"
+    rejected.mkdir()
+    write_cryoppp_csv(rejected / "train_mic00.csv", make_particles([100.0, 150.0], [20.0, 200.0], DIAMETER))
+    out = tmp_path / "out"
+    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--known-negatives", str(rejected)))
+    meta, train = load_split(out, "train")
+    known = train["label"] == -1
+    assert known.sum() == 2 and torch.all(train["sample_type"][known] == 3)
+    assert meta["splits"]["train"]["counts"]["known_negative"] == 2
+
+
+def test_dense_micrographs_record_achieved_negative_ratio(tiny, tmp_path):
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="too dense"):
+        summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--neg-per-pos", "50"))
+    priors = summary["priors"]
+    assert priors["negatives_short"] > 0 and priors["neg_per_pos_achieved"] < 50
+
+
+# ---------------------------------------------------------------- sliding windows
+def test_sliding_windows_counts_radius_and_ratio(tiny, tmp_path):
+    out = tmp_path / "out"
+    preprocess_chunked.main(sliding_args(tiny, out, "--ratio", "1.0"))
+    meta, train = load_split(out, "train")
+    scale = meta["config"]["scale"]
+    windows_per_side = (round(SIZE * scale) - 32) // 16 + 1
+    assert len(train["label"]) == 4 * windows_per_side ** 2  # ratio 1.0 keeps every window
+    table, _ = read_coco(tiny / "annotations" / "instances_train.json")
+    stems = [m["stem"] for m in meta["micrographs"]]
+    radius = 0.5 * DIAMETER
+    for xy, mic, label in zip(train["xy"].numpy(), train["micrograph"].numpy(), train["label"].numpy()):
+        d, _ = cKDTree(table[stems[mic]][:, :2]).query(xy)
+        assert (d <= radius + 1.5) if label == 1 else (d >= radius - 1.5)
+    half = tmp_path / "half"
+    preprocess_chunked.main(sliding_args(tiny, half, "--ratio", "0.5"))
+    _, train_half = load_split(half, "train")
+    positives = int((train["label"] == 1).sum())
+    assert int((train_half["label"] == 1).sum()) == positives
+    assert abs(int((train_half["label"] == 0).sum()) - 0.5 * (len(train["label"]) - positives)) <= 4
+
+
+def test_sliding_prior_from_expected_particles(tiny, tmp_path):
+    out = tmp_path / "out"
+    summary = preprocess_chunked.main(sliding_args(tiny, out, "--expected-particles", "30"))
+    priors = summary["priors"]
+    assert priors["method"] == "expected_particles"
+    assert priors["prior_unlabeled"] == pytest.approx(
+        priors["hidden_windows_estimate"] / priors["unlabeled_windows"])
+    meta = json.loads((out / "metadata.json").read_text())
+    k = np.pi * (0.5 * 16) ** 2 / 16 ** 2
+    expected = sum(min(m["unlabeled_windows"], max(30 - m["n_labeled"], 0) * k)
+                   for m in meta["micrographs"] if m["split"] == "train")
+    assert priors["hidden_windows_estimate"] == pytest.approx(expected)
+    _, train = load_split(out, "train")
+    unl = train["label"] == 0
+    assert torch.all(train["sample_type"][unl] == 4) and torch.all(train["true_label"][unl] == -1)
+
+
+def test_launcher_gives_each_ratio_its_own_dir(tiny, tmp_path, capsys):
+    run_chunked_preprocessing.main(["--ratio", "0.1", "--data-root", str(tiny), "--output-root",
+                                    str(tmp_path / "chunks"), "--", "--patch-size", "32", "--stride", "16"])
+    assert (tmp_path / "chunks" / "ratio_0.1" / "metadata.json").is_file()
+    assert "Measured size for ratio 0.1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_chunked_preprocessing.main(["--ratio", "0.7", "--data-root", str(tiny)])
+
+
+# ---------------------------------------------------------------- resume, workers, shards
+def _fail_after(monkeypatch, n_chunks, error):
+    real = chunk_writer.ChunkStore.write_chunk
+    calls = {"n": 0}
+
+    def flaky(self, split, samples, cursor):
+        calls["n"] += 1
+        if calls["n"] > n_chunks:
+            raise error
+        return real(self, split, samples, cursor)
+    monkeypatch.setattr(chunk_writer.ChunkStore, "write_chunk", flaky)
+
+
+@pytest.mark.parametrize("tool,args", [(preprocess_coco_full_dataset, coco_args),
+                                       (preprocess_chunked, sliding_args)])
+def test_resume_after_interruption_is_byte_identical(tiny, tmp_path, monkeypatch, tool, args):
+    reference = tmp_path / "reference"
+    tool.main(args(tiny, reference))
+    out = tmp_path / "out"
+    _fail_after(monkeypatch, 3, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        tool.main(args(tiny, out))
+    meta = json.loads((out / "metadata.json").read_text())
+    assert not meta["complete"] and len(chunk_bytes(out)) == 3
+    monkeypatch.undo()
+    tool.main(args(tiny, out))
+    assert chunk_bytes(out) == chunk_bytes(reference)
+    assert not list(out.glob("*.tmp"))
+
+
+def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch, capsys):
+    reference = tmp_path / "reference"
+    preprocess_coco_full_dataset.main(coco_args(tiny, reference))
+    out = tmp_path / "out"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess_coco_full_dataset.main(coco_args(tiny, out))
+    assert exit_info.value.code == 2
+    assert "disk full" in capsys.readouterr().err
+    assert len(chunk_bytes(out)) == 2 and not list(out.glob("*.tmp"))
+    meta = json.loads((out / "metadata.json").read_text())
+    assert len(meta["splits"]["train"]["chunks"]) == 2
+    monkeypatch.undo()
+    preprocess_coco_full_dataset.main(coco_args(tiny, out))
+    assert chunk_bytes(out) == chunk_bytes(reference)
+
+
+def test_worker_count_and_shards_do_not_change_the_patches(tiny, tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    preprocess_coco_full_dataset.main(coco_args(tiny, one))
+    preprocess_coco_full_dataset.main(coco_args(tiny, two, "--num-workers", "2"))
+    assert chunk_bytes(one) == chunk_bytes(two)
+
+    def patch_set(out_dirs, split):
+        rows = set()
+        for out in out_dirs:
+            meta, data = load_split(out, split)
+            stems = [m["stem"] for m in meta["micrographs"]]
+            for i in range(len(data["label"])):
+                rows.add((stems[data["micrograph"][i]], tuple(data["xy"][i].tolist()), int(data["label"][i]),
+                          data["patches"][i].numpy().tobytes()))
+        return rows
+    shards = tmp_path / "sharded"
+    for i in range(3):
+        preprocess_coco_full_dataset.main(coco_args(tiny, shards, "--shard", f"{i}/3"))
+    shard_dirs = sorted(shards.glob("shard-*-of-3"))
+    assert len(shard_dirs) == 3
+    assert patch_set(shard_dirs, "train") == patch_set([one], "train")
+
+
+# ---------------------------------------------------------------- bad input
+def _error(capsys, tool, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the last line; tqdm may write above it
+    assert err.startswith("error: ")
+    return err
+
+
+def test_missing_root_and_split_folder(tmp_path, capsys):
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tmp_path / "nowhere", tmp_path / "o"))
+    assert "nowhere" in err
+    (tmp_path / "root" / "val").mkdir(parents=True)
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tmp_path / "root", tmp_path / "o"))
+    assert "train" in err
+
+
+def test_unreadable_micrograph_skipped_or_strict(tiny, tmp_path, capsys):
+    (tiny / "train" / "train_mic01.png").write_bytes(b"not a png at all")
+    with pytest.warns(UserWarning, match="train_mic01"):
+        summary = preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "out"))
+    assert summary["skipped_micrographs"] == 1
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, tmp_path / "strict", "--strict"))
+    assert "train_mic01" in err
+
+
+def test_particles_outside_and_missing_images(tiny, tmp_path):
+    table, images = read_coco(tiny / "annotations" / "instances_train.json")
+    table["train_mic00"] = np.vstack([table["train_mic00"], make_particles([500.0, -3.0], [10.0, 10.0], DIAMETER)])
+    images["ghost"] = {"file_name": "ghost.png", "width": SIZE, "height": SIZE, "id": 99}
+    table["ghost"] = make_particles([50.0], [50.0], DIAMETER)
+    write_coco(tiny / "annotations" / "instances_train.json", table, images)
+    with pytest.warns(UserWarning, match="ghost"):
+        summary = preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "out"))
+    assert summary["dropped_particles"] == 2
+
+
+def test_empty_annotation_file_and_unknown_config_key(tiny, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("preprocessing:\n  hide_ratoi: 0.2\n")
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, tmp_path / "o", "--config", str(config)))
+    assert "hide_ratoi" in err
+    err = _error(capsys, preprocess_chunked, sliding_args(tiny, tmp_path / "o", "--set", "preprocessing.strid=3"))
+    assert "preprocessing.strid" in err
+    (tiny / "annotations" / "instances_train.json").write_text("")
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, tmp_path / "o2"))
+    assert "instances_train.json" in err
+
+
+def test_output_dir_guards_and_config_change(tiny, tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "my_notes.txt").write_text("precious")
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, foreign))
+    assert "my_notes.txt" in err
+    out = tmp_path / "out"
+    preprocess_coco_full_dataset.main(coco_args(tiny, out))
+    err = _error(capsys, preprocess_chunked, sliding_args(tiny, out))
+    assert "preprocess_coco_full_dataset" in err
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, out, "--hide-ratio", "0.5"))
+    assert "hide_ratio" in err and "--no-resume" in err
+    (out / "keep_me.txt").write_text("mine")
+    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--hide-ratio", "0.5", "--no-resume"))
+    assert (out / "keep_me.txt").read_text() == "mine"
+    assert json.loads((out / "metadata.json").read_text())["config"]["hide_ratio"] == 0.5
+
+
+# ---------------------------------------------------------------- the real data
+def test_both_preprocessors_on_empiar10017(empiar10017, tmp_path):
+    out = tmp_path / "coco"
+    summary = preprocess_coco_full_dataset.main(["--data-root", str(empiar10017), "--output-dir", str(out),
+                                                 "--num-workers", "2"])
+    meta, test = load_split(out, "test")
+    assert int((test["sample_type"] == 0).sum()) == 3131  # every test particle is a positive
+    train = summary["splits"]["train"]
+    assert train["labeled_positive"] + train["hidden_positive"] == 7774
+    assert summary["priors"]["prior_unlabeled"] == pytest.approx(
+        train["hidden_positive"] / (train["hidden_positive"] + train["background"]))
+    assert meta["config"]["scale"] == pytest.approx(64 / 108)
+    sliding = tmp_path / "sliding"
+    summary = preprocess_chunked.main(["--data-root", str(empiar10017), "--output-dir", str(sliding),
+                                       "--ratio", "0.1", "--expected-particles", "640", "--num-workers", "2"])
+    assert 0 < summary["priors"]["prior_unlabeled"] < 1
+    assert summary["splits"]["test"]["labeled_positive"] > 3131 * 0.5
+
+
+if __name__ == "__main__":
+    import pytest as _pytest
+    raise SystemExit(_pytest.main(["-q", str(REPO / "test_chunked_pipeline.py"), str(REPO / "tests")]))

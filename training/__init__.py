@@ -1,0 +1,1 @@
+"""The training loop shared by both training scripts: config, steps, evaluation, checkpoints."""
