@@ -24,8 +24,8 @@ from pathlib import Path
 from datasets.errors import InputError
 from datasets.layout import dataset_diameter, load_dataset
 from datasets.patch_sampling import sliding_window_samples
-from datasets.preprocess_run import (counted_prior, parse_shard, positive_fraction, print_summary,
-                                     run_preprocessing)
+from datasets.preprocess_run import (add_preprocessing_flags, counted_prior, parse_shard, positive_fraction,
+                                     print_summary, run_preprocessing)
 from utils.config import resolve_config
 
 TOOL = "preprocess_chunked"
@@ -41,27 +41,11 @@ FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (defaults: %(default)s)")
-    parser.add_argument("--data-root", help="dataset root (micrograph folders + annotations)")
-    parser.add_argument("--annotations", help="coordinate file or folder in any supported format")
-    parser.add_argument("--output-dir", help="where chunks and metadata.json go (your big disk)")
-    parser.add_argument("--patch-size", type=int)
+    parser = add_preprocessing_flags(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), DEFAULT_CONFIG)
     parser.add_argument("--stride", type=int)
-    parser.add_argument("--target-diameter", type=float, help="particle diameter after rescaling, px")
-    parser.add_argument("--particle-diameter", type=float, help="particle diameter in original px")
-    parser.add_argument("--native-resolution", action="store_true", default=None,
-                        help="keep original pixels (the guides' behaviour)")
     parser.add_argument("--positive-radius", type=float, help="x diameter; labeled centre this close = positive")
     parser.add_argument("--ratio", type=float, help="fraction of non-positive windows kept (0.1 0.3 0.5 1.0)")
     parser.add_argument("--expected-particles", type=float, help="particles per micrograph, for pi")
-    parser.add_argument("--chunk-size", type=int, help="patches per chunk file")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--num-workers", type=int, default=1, help="processes (output is identical for any)")
-    parser.add_argument("--shard", help="i/N: process every N-th micrograph into <output-dir>/shard-i-of-N")
-    parser.add_argument("--no-resume", action="store_true", help="delete this tool's chunks and start over")
-    parser.add_argument("--strict", action="store_true", help="fail on an unreadable micrograph")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     return parser
 
 

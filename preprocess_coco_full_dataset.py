@@ -25,14 +25,15 @@ from pathlib import Path
 from datasets.errors import InputError
 from datasets.layout import dataset_diameter, load_dataset
 from datasets.patch_sampling import coco_pu_samples
-from datasets.preprocess_run import (counted_prior, parse_shard, positive_fraction, print_summary,
-                                     run_preprocessing)
+from datasets.preprocess_run import (add_preprocessing_flags, counted_prior, parse_shard, positive_fraction,
+                                     print_summary, run_preprocessing)
 from preprocess_chunked import shard_dir
 from utils.config import resolve_config
 
 TOOL = "preprocess_coco_full_dataset"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "coco_pu_preprocessing.yaml"
-FLAG_KEYS = {"data_root": "data.data_root", "known_negatives": "data.known_negatives",
+FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
+             "known_negatives": "data.known_negatives",
              "output_dir": "data.output_dir", "patch_size": "preprocessing.patch_size",
              "target_diameter": "preprocessing.target_diameter",
              "particle_diameter": "preprocessing.particle_diameter",
@@ -43,27 +44,12 @@ FLAG_KEYS = {"data_root": "data.data_root", "known_negatives": "data.known_negat
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (defaults: %(default)s)")
-    parser.add_argument("--data-root", help="CryoTransformer-layout dataset root")
-    parser.add_argument("--output-dir", help="where chunks and metadata.json go (your big disk)")
+    parser = add_preprocessing_flags(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), DEFAULT_CONFIG)
     parser.add_argument("--known-negatives", help="PUFP: rejected picks (file or folder, any format)")
-    parser.add_argument("--patch-size", type=int)
-    parser.add_argument("--target-diameter", type=float, help="particle diameter after rescaling, px")
-    parser.add_argument("--particle-diameter", type=float, help="particle diameter in original px")
-    parser.add_argument("--native-resolution", action="store_true", default=None,
-                        help="keep original pixels (the guide's behaviour)")
     parser.add_argument("--hide-ratio", type=float, help="fraction of train particles hidden as unlabeled")
     parser.add_argument("--neg-per-pos", type=float, help="negatives per particle")
     parser.add_argument("--neg-min-distance", type=float, help="negatives at least this x diameter away")
     parser.add_argument("--max-images-train", type=int, help="use only the first N train micrographs")
-    parser.add_argument("--chunk-size", type=int, help="patches per chunk file")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--num-workers", type=int, default=1, help="processes (output is identical for any)")
-    parser.add_argument("--shard", help="i/N: process every N-th micrograph into <output-dir>/shard-i-of-N")
-    parser.add_argument("--no-resume", action="store_true", help="delete this tool's chunks and start over")
-    parser.add_argument("--strict", action="store_true", help="fail on an unreadable micrograph")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config key")
     return parser
 
 
@@ -102,7 +88,7 @@ def select_train(records, max_images):
 
 def run(config, args, shard):
     data, pre = config["data"], config["preprocessing"]
-    records, report = load_dataset(data["data_root"], None, pre["seed"], pre["split_fractions"],
+    records, report = load_dataset(data["data_root"], data["annotations"], pre["seed"], pre["split_fractions"],
                                    known_negatives=data["known_negatives"])
     records = select_train(records, pre["max_images_train"])
     diameter = dataset_diameter(records, pre["particle_diameter"])
@@ -113,7 +99,7 @@ def run(config, args, shard):
                       hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
                       neg_min_distance=pre["neg_min_distance"])
     stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()),
-              "known_negatives": data["known_negatives"], "shard": args.shard,
+              "annotations": data["annotations"], "known_negatives": data["known_negatives"], "shard": args.shard,
               "particle_diameter_px": diameter, "scale": scale, "label_source": report["label_source"]}
     for split in ("train", "val", "test"):
         print(f"Processing {split} split: {sum(r.split == split for r in records)} micrographs")

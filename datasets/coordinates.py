@@ -102,7 +102,8 @@ def _coco_images(path, coco):
     for image in coco["images"]:
         stem = micrograph_stem(image["file_name"])
         if stem in images:
-            raise _cannot_read(path, "COCO", f"two images are named {stem}", "give each micrograph a unique name")
+            raise _cannot_read(path, "COCO", f"two images are named {stem}",
+                               "give each micrograph a unique name")
         images[stem] = {key: image[key] for key in ("file_name", "width", "height", "id")}
     return images
 
@@ -113,7 +114,11 @@ def _coco_particles(path, annotations, stem_of_id):
     except KeyError as error:
         raise _cannot_read(path, "COCO", f"an annotation refers to image_id {error} not listed in 'images'",
                            "add the image or remove its annotations") from error
-    boxes = np.array([annotation["bbox"] for annotation in annotations], dtype=np.float64).reshape(-1, 4)
+    try:
+        boxes = np.array([annotation["bbox"] for annotation in annotations], dtype=np.float64).reshape(-1, 4)
+    except ValueError as error:
+        raise _cannot_read(path, "COCO", f"a bbox is not 4 numbers ({error})",
+                           "fix that annotation") from error
     crowd = np.array([annotation.get("iscrowd", 0) == 1 for annotation in annotations], dtype=bool)
     score = np.array([annotation.get("score", np.nan) for annotation in annotations], dtype=np.float64)
     x, y, width, height = boxes.T
@@ -138,8 +143,6 @@ def read_coco(json_path):
         raise _cannot_read(path, "COCO", f"missing or malformed key {error}",
                            "it needs 'images' (id, file_name, width, height) and 'annotations' "
                            "(image_id, bbox)") from error
-    except ValueError as error:
-        raise _cannot_read(path, "COCO", f"a bbox is not 4 numbers ({error})", "fix that annotation") from error
     empty = make_particles([], [])
     return {stem: found.get(stem, empty) for stem in images}, images
 
@@ -237,7 +240,8 @@ def _read_file(path, micrograph):
 def _read_folder(folder):
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in COORDINATE_EXTENSIONS)
     if not files:
-        raise InputError(f"no coordinate files in {folder}; it needs {', '.join(COORDINATE_EXTENSIONS)} files")
+        raise InputError(f"no coordinate files in {folder}; "
+                         f"it needs {', '.join(COORDINATE_EXTENSIONS)} files")
     table = {}
     for file in files:
         for stem, particles in _read_file(file, None).items():

@@ -30,7 +30,7 @@ def cut_patches(image, centres_xy, size):
     half = size // 2
     padded = np.pad(image, half, mode="reflect")
     windows = sliding_window_view(padded, (size, size))
-    xy = np.asarray(centres_xy, dtype=np.int64).reshape(-1, 2)
+    xy = np.rint(np.asarray(centres_xy, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
     return np.ascontiguousarray(windows[xy[:, 1], xy[:, 0]])
 
 

@@ -42,6 +42,28 @@ def prepare_micrograph(image, scale, clip_sigma):
     return prepared, (prepared.shape[1] / width, prepared.shape[0] / height)
 
 
+def add_preprocessing_flags(parser, default_config):
+    """The flags both preprocessors share (data, scale, chunks, workers, shards, resume)."""
+    parser.add_argument("--config", default=str(default_config), help="YAML config (defaults: %(default)s)")
+    parser.add_argument("--data-root", help="dataset root (micrograph folders + annotations)")
+    parser.add_argument("--output-dir", help="where chunks and metadata.json go (your big disk)")
+    parser.add_argument("--annotations", help="labels in any format (file or folder) instead of the layout's")
+    parser.add_argument("--patch-size", type=int)
+    parser.add_argument("--target-diameter", type=float, help="particle diameter after rescaling, px")
+    parser.add_argument("--particle-diameter", type=float, help="particle diameter in original px")
+    parser.add_argument("--native-resolution", action="store_true", default=None,
+                        help="keep original pixels (the guides' behaviour)")
+    parser.add_argument("--chunk-size", type=int, help="patches per chunk file")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--num-workers", type=int, default=1, help="processes (output is identical for any)")
+    parser.add_argument("--shard", help="i/N: process every N-th micrograph into <output-dir>/shard-i-of-N")
+    parser.add_argument("--no-resume", action="store_true", help="delete this tool's chunks and start over")
+    parser.add_argument("--strict", action="store_true", help="fail on an unreadable micrograph")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override any config key")
+    return parser
+
+
 def parse_shard(text):
     """'i/N' -> (i, N) with 0 <= i < N."""
     if text is None:
@@ -80,12 +102,22 @@ def process_micrograph(record, *, scale, clip_sigma, seed, sample_fn):
     return {"samples": samples, "info": info}
 
 
+def _single_threaded_worker():
+    """Forked workers must not enter the parent's OpenMP pool (a deadlock): torch gets one thread."""
+    import torch
+    torch.set_num_threads(1)
+
+
 def ordered_results(function, items, num_workers):
-    """function(item) for each item, in order, over a process pool when num_workers > 1."""
+    """function(item) for each item, in order, over a process pool when num_workers > 1.
+
+    Workers are forked (no re-import, so two workers pay off even on a few micrographs) and do
+    numpy/Pillow/scipy work only.
+    """
     if num_workers <= 1:
         yield from map(function, items)
         return
-    with get_context("spawn").Pool(num_workers) as pool:
+    with get_context("fork").Pool(num_workers, initializer=_single_threaded_worker) as pool:
         yield from pool.imap(function, items, chunksize=1)
 
 

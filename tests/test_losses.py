@@ -147,3 +147,22 @@ def test_consistency_rejects_bad_settings():
         ConsistencyLoss(threshold=0.3)
     with pytest.raises(ValueError, match="negative"):
         ConsistencyLoss(lambda_consistency=-1.0)
+
+
+def test_prior_alignment_reweights_pseudo_labels_by_bayes_rule():
+    from losses import ConsistencyLoss
+    loss_fn = ConsistencyLoss(threshold=0.9, align_to_prior=True, alignment_momentum=0.0)
+    # teacher probabilities 0.1, 0.2, 0.3, 0.4 on four unlabeled patches: batch mean m = 0.25
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    weak = torch.log(p / (1 - p))
+    labels = torch.zeros(4, dtype=torch.long)
+    # prior 0.5: r = 0.5 / 0.25 = 2, s = 0.5 / 0.75 = 2/3; p' = 2p / (2p + (1 - p) 2/3)
+    expected = 2 * p / (2 * p + (1 - p) * 2 / 3)   # 0.25, 0.4286, 0.5625, 0.6667
+    assert torch.allclose(loss_fn.aligned(p, labels == 0, 0.5), expected, atol=1e-6)
+    _, parts = loss_fn(weak, torch.zeros(4), labels, prior=0.5)
+    # two of four aligned probabilities now lean positive (0.5625, 0.667): the prior's share
+    assert float(parts["unlabeled_positive_rate"]) == pytest.approx(0.5)
+    assert float(loss_fn.mean_probability) == pytest.approx(0.25)
+    loss_fn.eval()  # no alignment (and no running-mean update) outside training
+    _, parts = loss_fn(weak, torch.zeros(4), labels, prior=0.5)
+    assert float(parts["unlabeled_positive_rate"]) == 0.0

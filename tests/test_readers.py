@@ -33,7 +33,8 @@ def gradient(height=40, width=60):
 
 def gaussian_blob(shape, centre_xy, sigma):
     rows, cols = np.mgrid[:shape[0], :shape[1]]
-    return np.exp(-((cols - centre_xy[0]) ** 2 + (rows - centre_xy[1]) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+    squared = (cols - centre_xy[0]) ** 2 + (rows - centre_xy[1]) ** 2
+    return np.exp(-squared / (2 * sigma ** 2)).astype(np.float32)
 
 
 def weighted_centre(image):
@@ -196,7 +197,8 @@ def test_box_round_trip(tmp_path):
 def test_topaz_round_trip(tmp_path):
     table = example_table()
     write_topaz_txt(tmp_path / "picks.txt", table)
-    assert (tmp_path / "picks.txt").read_text().splitlines()[0].split("\t") == ["image_name", "x_coord", "y_coord", "score"]
+    header = (tmp_path / "picks.txt").read_text().splitlines()[0]
+    assert header.split("\t") == ["image_name", "x_coord", "y_coord", "score"]
     read = read_topaz_txt(tmp_path / "picks.txt")
     for stem, particles in table.items():
         assert np.abs(read[stem][:, :2] - particles[:, :2]).max() <= 0.5
@@ -259,8 +261,16 @@ def test_coco_skips_dummy_boxes_and_rejects_unknown_images(tmp_path):
     assert table["b"].shape == (0, 4)
     coco["annotations"].append({"image_id": 5, "bbox": [1, 1, 5, 5]})
     (tmp_path / "orphan.json").write_text(json.dumps(coco))
-    with pytest.raises(InputError, match="orphan.json.*image_id 5"):
+    with pytest.raises(InputError, match="orphan.json: an annotation refers to image_id 5 not listed"):
         read_coco(tmp_path / "orphan.json")
+    coco["annotations"][-1] = {"image_id": 1, "bbox": [1, 2, 3]}
+    (tmp_path / "short_bbox.json").write_text(json.dumps(coco))
+    with pytest.raises(InputError, match="short_bbox.json: a bbox is not 4 numbers"):
+        read_coco(tmp_path / "short_bbox.json")
+    coco["images"][1]["file_name"] = "other/a.png"
+    (tmp_path / "twice.json").write_text(json.dumps(coco))
+    with pytest.raises(InputError, match="twice.json: two images are named a;"):
+        read_coco(tmp_path / "twice.json")
     (tmp_path / "nokeys.json").write_text(json.dumps({"images": []}))
     with pytest.raises(InputError, match="nokeys.json.*annotations"):
         read_coco(tmp_path / "nokeys.json")

@@ -8,6 +8,7 @@ sees), target_diameter, particle_diameter_px, scale, native_resolution, clip_sig
 normalisation ("per_patch_standardise").
 """
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ def load_checkpoint(path, map_location="cpu"):
         raise InputError(f"checkpoint {path} not found; pass the best.pt or last.pt of a training run")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         raise InputError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not "
                          f"a PyTorch file: use a best.pt/last.pt written by the training scripts") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -1,0 +1,133 @@
+"""The EMPIAR-10017 protocol end to end, ours beside Topaz: preprocess, train, pick, evaluate.
+
+Protocol (DESIGN.md): 12 train / 3 val / 5 test micrographs; in each train micrograph a seeded (42)
+70% of the particles are labels (preprocess_coco_full_dataset.py --hide-ratio 0.3), the rest unlabeled;
+picks are matched one-to-one within 0.5 x diameter (54 px) to every test particle.
+Ours: configs/cpu_benchmark.yaml (or --config), picking the 5 test micrographs with best.pt.
+Topaz (where `topaz` is installed): the same labels, GE-binomial, 4x binning, --pi from the expected
+particle count, extract radius 14 binned px, threshold -6; scored by OUR evaluator too.
+Prints both AUPRCs, best F1s (with precision and recall there) and picking seconds per micrograph.
+
+    python -m bench.bench_pick_empiar10017 --out bench_runs/empiar10017 [--topaz-epochs 10]
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
+TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "extract_s_per_mic": 41 / 5}
+
+
+def sh(cmd, log):
+    """Run a command, its output appended to `log`; returns seconds."""
+    start = time.time()
+    with open(log, "a") as handle:
+        handle.write("$ " + " ".join(map(str, cmd)) + "\n")
+        handle.flush()
+        subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, check=True)
+    return time.time() - start
+
+
+def ours(args, out, log):
+    chunks, runs = out / "chunks", out / "experiments"
+    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", args.data_root, "--output-dir", chunks,
+        "--hide-ratio", "0.3", "--seed", "42", "--num-workers", "2"], log)
+    train = sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", chunks,
+                "--exp-name", args.exp_name, "--output-root", runs, "--use-data-prior", "--device", "cpu",
+                *(["--set", *args.set] if args.set else [])], log)
+    picks = out / "picks_ours"
+    pick = sh([sys.executable, "pick_particles.py", "--checkpoint", runs / args.exp_name / "best.pt",
+               "--micrographs", Path(args.data_root) / "test", "--output-dir", picks, "--overlays", "1",
+               "--device", "cpu"], log)
+    summary = evaluate(picks, args.data_root, out / "eval_ours.json", log)
+    results = json.loads((runs / args.exp_name / "results.json").read_text())
+    return {"summary": summary, "train_s": results["timings"]["train_seconds"], "train_wall_s": train,
+            "pick_s_per_mic": pick / 5, "patch_test": results["test"]}
+
+
+def evaluate(picks, data_root, output, log):
+    sh([sys.executable, "evaluate_picks.py", "--picks", picks, "--ground-truth",
+        Path(data_root) / "annotations" / "instances_test.json", "--output", output], log)
+    return json.loads(Path(output).read_text())
+
+
+def topaz_targets(chunks, path):
+    """The labeled 70% of train particles (our chunks' labeled positives), binned 4x, as Topaz targets."""
+    meta = json.loads((chunks / "metadata.json").read_text())
+    stems = [m["stem"] for m in meta["micrographs"]]
+    rows = ["image_name\tx_coord\ty_coord"]
+    for chunk in meta["splits"]["train"]["chunks"]:
+        data = torch.load(chunks / chunk["file"], weights_only=True)
+        keep = data["sample_type"] == 0
+        for mic, (x, y) in zip(data["micrograph"][keep].tolist(), data["xy"][keep].tolist()):
+            rows.append(f"{stems[mic]}\t{int(round(x / 4))}\t{int(round(y / 4))}")
+    Path(path).write_text("\n".join(rows) + "\n")
+    return len(rows) - 1
+
+
+def topaz(args, out, log):
+    if shutil.which("topaz") is None or args.topaz_epochs == 0:
+        return None
+    work = out / "topaz"
+    for split in ("train", "test"):
+        (work / split).mkdir(parents=True, exist_ok=True)
+        sh(["topaz", "preprocess", "-s", "4", "-o", work / split, *sorted((Path(args.data_root) / split).glob("*.jpg"))], log)
+    n_targets = topaz_targets(out / "chunks", work / "targets.txt")
+    pi = 645 * 29 / (1024 * 1024)  # expected particles per micrograph x pixels within radius 3, over binned pixels
+    train = sh(["topaz", "train", "--train-images", work / "train", "--train-targets", work / "targets.txt",
+                "--method", "GE-binomial", "--pi", f"{pi:.4f}", "--num-epochs", str(args.topaz_epochs),
+                "--epoch-size", str(args.topaz_epoch_size), "--minibatch-size", "256", "--num-workers", "0",
+                "--device", "-1", "--save-prefix", work / "model", "-o", work / "train_log.txt"], log)
+    model = sorted(work.glob("model_epoch*.sav"))[-1]
+    extract = sh(["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", model, "--device", "-1",
+                  "-o", work / "picks.txt", *sorted((work / "test").glob("*.png"))], log)
+    picks = out / "picks_topaz"
+    picks.mkdir(exist_ok=True)
+    shutil.copy(work / "picks.txt", picks / "picks.txt")
+    summary = evaluate(picks, args.data_root, out / "eval_topaz.json", log)
+    return {"summary": summary, "train_s": train, "pick_s_per_mic": extract / 5, "pi": pi, "labels": n_targets,
+            "epochs": args.topaz_epochs, "epoch_size": args.topaz_epoch_size}
+
+
+def row(name, r):
+    s = r["summary"] if "summary" in r else r
+    return (f"{name:30s} {s['auprc']:7.3f} {s['best_f1']:7.3f} {s['precision']:9.3f} {s['recall']:7.3f} "
+            f"{r.get('train_s', float('nan')):9.0f} {r['pick_s_per_mic']:12.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default=str(EMPIAR))
+    parser.add_argument("--out", default="bench_runs/empiar10017")
+    parser.add_argument("--config", default="configs/cpu_benchmark.yaml")
+    parser.add_argument("--exp-name", default="cpu_benchmark")
+    parser.add_argument("--set", nargs="+", default=[], help="config overrides for our training")
+    parser.add_argument("--topaz-epochs", type=int, default=10, help="0 = do not run Topaz")
+    parser.add_argument("--topaz-epoch-size", type=int, default=500)
+    args = parser.parse_args(argv)
+    out = (REPO / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "bench.log"
+    mine = ours(args, out, log)
+    theirs = topaz(args, out, log)
+    print(f"\nEMPIAR-10017, 5 test micrographs, {mine['summary']['n_targets']} particles, matched within "
+          f"{mine['summary']['radius']:g} px (our evaluator for both)")
+    print(f"{'picker':30s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'train s':>9s} "
+          f"{'pick s/mic':>12s}")
+    print(row("ours (" + Path(args.config).stem + ")", mine))
+    if theirs:
+        print(row(f"Topaz GE-binomial ({theirs['epochs']}x{theirs['epoch_size']})", theirs))
+    print(row("Topaz reference (issue 5)", {**TOPAZ_REFERENCE, "train_s": 2476}))
+    (out / "bench_summary.json").write_text(json.dumps({"ours": mine, "topaz": theirs}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Preprocessing speed and memory, side by side on the same micrographs in one run.
+
+Prints: the bare decode + rescale + normalise seconds per micrograph, the full COCO-PU and sliding-window
+preprocessing seconds per micrograph with 1 worker (and the ratio to the bare time; goal <= 1.5), the
+speed-up from 1 to 2 workers (goal >= 1.7 on 2 cores), and the peak RSS of each run (goal <= 3 GB).
+Each preprocessing run is a fresh subprocess so its peak memory is its own.
+
+    python -m bench.bench_preprocess --data-root ../shared/data/empiar10017
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from datasets.layout import dataset_diameter, load_dataset
+from datasets.micrographs import read_micrograph
+from datasets.preprocess_run import prepare_micrograph
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {repo!r})
+import {module} as tool
+start = time.time()
+summary = tool.main({argv!r})
+print("BENCH" + json.dumps({{"seconds": time.time() - start, "micrographs": summary["micrographs"],
+    "patches": sum(s["count"] for s in summary["splits"].values()), "bytes": summary["bytes"],
+    "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024}}))
+"""
+
+
+def bare_seconds(records, scale):
+    """Decode + rescale + normalise only, per micrograph (one process)."""
+    start = time.time()
+    for record in records:
+        prepare_micrograph(read_micrograph(record.path), scale, 4.0)
+    return (time.time() - start) / len(records)
+
+
+def run_tool(module, argv):
+    code = CHILD.format(repo=str(REPO), module=module, argv=argv)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    line = [x for x in done.stdout.splitlines() if x.startswith("BENCH")][-1]
+    return json.loads(line[5:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "empiar10017"))
+    args = parser.parse_args(argv)
+    records, _ = load_dataset(args.data_root)
+    scale = 64 / dataset_diameter(records)
+    bare = bare_seconds(records, scale)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for module, extra in (("preprocess_coco_full_dataset", []), ("preprocess_chunked", ["--ratio", "0.3"])):
+            for workers in (1, 2):
+                out = Path(tmp) / f"{module}_{workers}"
+                stats = run_tool(module, ["--data-root", args.data_root, "--output-dir", str(out),
+                                          "--num-workers", str(workers), *extra])
+                rows.append((module, workers, stats))
+    print(f"\n{len(records)} micrographs from {args.data_root}")
+    print(f"bare decode + rescale + normalise: {bare:.3f} s/micrograph")
+    print(f"{'tool':30s} {'workers':>7s} {'s/micrograph':>12s} {'x bare':>7s} {'speed-up':>8s} {'patches':>8s} "
+          f"{'MB on disk':>10s} {'peak RSS MB':>11s}")
+    for module, workers, stats in rows:
+        per = stats["seconds"] / stats["micrographs"]
+        one = next(s for m, w, s in rows if m == module and w == 1)
+        print(f"{module:30s} {workers:7d} {per:12.3f} {per / bare:7.2f} {one['seconds'] / stats['seconds']:8.2f} "
+              f"{stats['patches']:8d} {stats['bytes'] / 2**20:10.1f} {stats['peak_rss_mb']:11.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Pick particles on whole micrographs with a trained checkpoint, and write their coordinates.
+
+Inputs: --checkpoint, a best.pt/last.pt of our training scripts (the EMA teacher's weights are used
+where present; the preprocessing that made the training patches travels in it); --micrographs, a
+folder, a glob pattern, a single micrograph, or a .txt list (one path per line, relative paths
+taken from the list's folder). Micrographs of any size are rescaled by the checkpoint's scale, so
+particles have the training diameter; unreadable micrographs are skipped and counted.
+
+Each micrograph is scored densely (picking/score.py: windows every --stride rescaled px, batched on
+the device), and the score map becomes picks by non-maximum suppression at --min-distance-fraction x
+the particle diameter (0.5 by default, Topaz's extract radius: particles often sit closer than one
+diameter), above --threshold (a logit; default -6, sigmoid 0.0025, the threshold of the Topaz reference
+run: low, so the precision-recall curve reaches far into recall, since AUPRC counts every particle)
+or the best --expected-particles per micrograph. Picks whose centre lies closer than --edge-margin
+original px to the border (default half a diameter: the particle would be cut by the edge) are dropped.
+
+Outputs in --output-dir (picking/writers.py): per micrograph <stem>.star, .csv, .box, .txt (RELION,
+CryoPPP, EMAN, Topaz; --formats), picks.json (COCO, all micrographs), manifest.json (rewritten after
+every micrograph; a rerun skips micrographs already done), overlays/<stem>.png for the first
+--overlays micrographs (picks scoring at least --overlay-threshold drawn on the rescaled micrograph).
+
+    python pick_particles.py --checkpoint experiments/cpu_benchmark/best.pt \\
+        --micrographs ../shared/data/empiar10017/test --output-dir runs/picks
+"""
+import argparse
+import glob
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets.coordinates import micrograph_stem
+from datasets.errors import InputError
+from datasets.micrographs import list_micrographs
+from datasets.overlay import save_overlay_png
+from datasets.preprocess_run import to_scaled
+from picking.score import SCORING_METHODS, load_picker, pick_prepared, prepare_for_picking, scoring_method
+from picking.writers import FORMATS, is_done, open_manifest, record, write_combined_coco, write_picks
+
+DEFAULT_THRESHOLD = -6.0
+PICK_SETTINGS = ("stride", "min_distance_px", "threshold", "expected_particles", "edge_margin_px", "scoring",
+                 "precision")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
+    parser.add_argument("--micrographs", required=True, help="folder, glob pattern, micrograph, or .txt list")
+    parser.add_argument("--output-dir", required=True, help="folder for the coordinate files and manifest")
+    parser.add_argument("--stride", type=int,
+                        help="window spacing in rescaled px (default: a quarter of the particle diameter, "
+                             "rounded to a multiple of patch_size / input_size)")
+    parser.add_argument("--min-distance-fraction", type=float, default=0.5,
+                        help="minimum distance between picks, x particle diameter (default %(default)s)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="lowest logit kept (default %(default)s)")
+    parser.add_argument("--expected-particles", type=int, help="keep at most this many picks per micrograph")
+    parser.add_argument("--edge-margin", type=float,
+                        help="drop picks closer than this to the border, original px (default: diameter / 2)")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS),
+                        help="output formats (default: all; csv is always written)")
+    parser.add_argument("--overlays", type=int, default=0, help="PNG overlays for the first N micrographs")
+    parser.add_argument("--overlay-threshold", type=float, default=0.0,
+                        help="lowest logit drawn on the overlays (default %(default)s, probability 0.5)")
+    parser.add_argument("--scoring", choices=SCORING_METHODS,
+                        help="downsample (default where patch_size / input_size divides the stride) or exact")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="network arithmetic (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", help="cuda, cuda:0 or cpu (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="windows per network call")
+    return parser
+
+
+def resolve_micrographs(spec: str) -> list[Path]:
+    """Micrograph paths from a folder, a .txt list, a single file or a glob pattern."""
+    path = Path(spec)
+    if path.is_dir():
+        found = list_micrographs(path)
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        found = [path.parent / line for line in lines if line and not line.startswith("#")]
+    elif path.is_file():
+        found = [path]
+    else:
+        found = [Path(p) for p in sorted(glob.glob(spec)) if Path(p).is_file()]
+    if not found:
+        raise InputError(f"no micrographs found at {spec}; pass a folder, a glob pattern in quotes, "
+                         f"or a .txt list of micrograph paths")
+    stems = [micrograph_stem(p) for p in found]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise InputError(f"micrographs share the name {repeated[0]} (their pick files would collide); "
+                         f"pick them into separate --output-dir folders")
+    return found
+
+
+def read_ahead(paths, preprocessing):
+    """(path, PreparedMicrograph or InputError) in order; the next micrograph is read while the current
+    one is scored."""
+    def prepare(path):
+        try:
+            return prepare_for_picking(path, preprocessing)
+        except InputError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, paths[0]) if paths else None
+        for index, path in enumerate(paths):
+            result = pending.result()
+            if index + 1 < len(paths):
+                pending = pool.submit(prepare, paths[index + 1])
+            yield path, result
+
+
+def pick_settings(args, preprocessing, device) -> dict:
+    """The resolved settings (distances in original px, stride in rescaled px) recorded in the manifest."""
+    diameter = float(preprocessing["particle_diameter_px"])
+    factor = max(1, preprocessing["patch_size"] // preprocessing["input_size"])
+    rescaled_diameter = diameter * preprocessing["scale"]
+    stride = args.stride or max(factor, int(round(rescaled_diameter / 4 / factor)) * factor)
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    edge_margin = diameter / 2 if args.edge_margin is None else args.edge_margin
+    for name, value in (("--min-distance-fraction", args.min_distance_fraction), ("--batch-size", args.batch_size),
+                        ("--expected-particles", 1 if args.expected_particles is None else args.expected_particles)):
+        if value <= 0:
+            raise InputError(f"{name} {value} must be positive")
+    return {"stride": stride, "min_distance_px": args.min_distance_fraction * diameter,
+            "threshold": args.threshold, "expected_particles": args.expected_particles,
+            "edge_margin_px": edge_margin, "diameter_px": diameter,
+            "scoring": scoring_method(preprocessing["patch_size"], preprocessing["input_size"], stride, args.scoring),
+            "precision": precision, "device": str(device), "batch_size": args.batch_size,
+            "formats": sorted(set(args.formats))}
+
+
+def save_overlay(output_dir, stem, micrograph, particles, diameter, threshold):
+    shown = particles[particles[:, 3] >= threshold]
+    xy = to_scaled(shown[:, :2], micrograph.scale_xy)
+    path = Path(output_dir) / "overlays" / f"{stem}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_overlay_png(micrograph.image, xy, diameter * float(np.mean(micrograph.scale_xy)), path)
+
+
+def pick_one(args, model, preprocessing, settings, path, micrograph, overlay):
+    """Pick one prepared micrograph, write its files (and overlay); its manifest entry."""
+    started = time.perf_counter()
+    stem = micrograph_stem(path)
+    particles = pick_prepared(model, micrograph, preprocessing, stride=settings["stride"],
+                              min_distance_px=settings["min_distance_px"], threshold=settings["threshold"],
+                              device=settings["device"], expected_particles=settings["expected_particles"],
+                              edge_margin_px=settings["edge_margin_px"], batch_size=settings["batch_size"],
+                              method=settings["scoring"], bf16=settings["precision"] == "bf16")
+    write_picks(args.output_dir, stem, path, particles, settings["diameter_px"], settings["formats"])
+    if overlay:
+        save_overlay(args.output_dir, stem, micrograph, particles, settings["diameter_px"], args.overlay_threshold)
+    height, width = micrograph.original_shape
+    return {"stem": stem, "path": str(Path(path).resolve()), "status": "done", "n_picks": len(particles),
+            "width": width, "height": height, "seconds": time.perf_counter() - started}
+
+
+def run(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, preprocessing = load_picker(args.checkpoint, device)
+    paths = resolve_micrographs(args.micrographs)
+    settings = pick_settings(args, preprocessing, device)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS)
+    overlaid = {micrograph_stem(p) for p in paths[:args.overlays]}
+    todo = [p for p in paths if not is_done(output_dir, manifest, micrograph_stem(p), settings["formats"])]
+    counts = {"picked": 0, "failed": 0, "picks": 0}
+    started = time.perf_counter()
+    for path, micrograph in tqdm(read_ahead(todo, preprocessing), total=len(todo), desc="picking", unit="micrograph"):
+        if isinstance(micrograph, InputError):
+            warnings.warn(str(micrograph))
+            entry = {"stem": micrograph_stem(path), "path": str(Path(path).resolve()), "status": "failed",
+                     "reason": str(micrograph)}
+        else:
+            entry = pick_one(args, model, preprocessing, settings, path, micrograph, micrograph_stem(path) in overlaid)
+            counts["picks"] += entry["n_picks"]
+        counts["picked" if entry["status"] == "done" else "failed"] += 1
+        record(output_dir, manifest, entry)
+    seconds = time.perf_counter() - started
+    if "coco" in settings["formats"]:
+        write_combined_coco(output_dir, manifest)
+    return {"output_dir": str(output_dir), "micrographs": len(paths), "skipped": len(paths) - len(todo),
+            **counts, "seconds": seconds, "seconds_per_micrograph": seconds / counts["picked"] if counts["picked"] else None,
+            "settings": settings}
+
+
+def print_summary(summary: dict) -> None:
+    settings = summary["settings"]
+    print(f"\n{summary['output_dir']}: {summary['micrographs']} micrographs: {summary['picked']} picked, "
+          f"{summary['skipped']} skipped (already done), {summary['failed']} failed (unreadable)")
+    print(f"  {summary['picks']:,} picks (threshold {settings['threshold']:g}, min distance "
+          f"{settings['min_distance_px']:g} px, edge margin {settings['edge_margin_px']:g} px)")
+    if summary["seconds_per_micrograph"] is not None:
+        print(f"  {summary['seconds_per_micrograph']:.2f} s per micrograph on {settings['device']} "
+              f"(stride {settings['stride']} rescaled px, {settings['scoring']} scoring, {settings['precision']})")
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    print_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

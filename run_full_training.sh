@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The whole pipeline: preprocess (COCO PU split) -> prior from the data -> train (--use-data-prior)
+# -> test patch metrics -> pick the test micrographs -> evaluate the picks.
+#
+#   ./run_full_training.sh                                   # bundled demo: synthetic micrographs, minutes on a CPU
+#   ./run_full_training.sh --data-root DIR [--config configs/pu_full_fixed.yaml] [--exp-name NAME]
+#
+# Options: --data-root DIR (CryoTransformer layout), --config YAML, --exp-name NAME, --chunks-dir DIR
+# (the preprocessing output, your big disk), --experiments-dir DIR (default experiments), --device cuda|cpu,
+# --num-workers N, --expected-particles N (picks kept per micrograph); demo only: --synthetic-dir DIR
+# (default data/synthetic) and --synthetic-args "FLAGS" (passed to make_synthetic_dataset.py).
+# Every stage checks its own outputs: a rerun skips finished stages and resumes an interrupted one.
+# Logs: experiments/<exp-name>/logs/<stage>.log
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}
+
+DATA_ROOT="" CONFIG="" EXP_NAME="" CHUNKS_DIR="" DEVICE="" NUM_WORKERS=2 EXPECTED="" EXPERIMENTS=experiments
+SYNTHETIC_DIR=data/synthetic SYNTHETIC_ARGS=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --data-root) DATA_ROOT=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;
+    --exp-name) EXP_NAME=$2; shift 2 ;;
+    --chunks-dir) CHUNKS_DIR=$2; shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
+    --num-workers) NUM_WORKERS=$2; shift 2 ;;
+    --expected-particles) EXPECTED=$2; shift 2 ;;
+    --experiments-dir) EXPERIMENTS=$2; shift 2 ;;
+    --synthetic-dir) SYNTHETIC_DIR=$2; shift 2 ;;
+    --synthetic-args) SYNTHETIC_ARGS=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+DEMO=0
+if [[ -z "$DATA_ROOT" ]]; then
+  DEMO=1; DATA_ROOT=$SYNTHETIC_DIR; CONFIG=${CONFIG:-configs/demo.yaml}; EXP_NAME=${EXP_NAME:-demo}
+else
+  CONFIG=${CONFIG:-configs/pu_full_fixed.yaml}; EXP_NAME=${EXP_NAME:-$(basename "$DATA_ROOT")_pu}
+fi
+CHUNKS_DIR=${CHUNKS_DIR:-data/chunks/${EXP_NAME}}
+RUN_DIR=${EXPERIMENTS}/${EXP_NAME}
+LOGS=${RUN_DIR}/logs
+mkdir -p "$LOGS"
+DEVICE_FLAG=(); [[ -n "$DEVICE" ]] && DEVICE_FLAG=(--device "$DEVICE")
+
+stage() {  # stage NAME COMMAND...: run with its log; stop the pipeline with the stage's name on failure
+  local name=$1; shift
+  echo "== stage: ${name}  (log: ${LOGS}/${name}.log)"
+  if ! "$@" 2>&1 | tee -a "${LOGS}/${name}.log"; then
+    echo "error: stage '${name}' failed; see ${LOGS}/${name}.log, fix it and rerun the same command to resume" >&2
+    exit 1
+  fi
+}
+skip() { echo "== stage: $1 already done ($2), skipped"; }
+
+# 0. the bundled default data, generated on first use
+if [[ $DEMO == 1 ]]; then
+  if [[ -f "${DATA_ROOT}/dataset.json" ]]; then skip synthetic_data "${DATA_ROOT}/dataset.json"
+  else
+    # shellcheck disable=SC2086  # SYNTHETIC_ARGS is a list of flags
+    stage synthetic_data "$PYTHON" make_synthetic_dataset.py --out "$DATA_ROOT" --num-workers "$NUM_WORKERS" $SYNTHETIC_ARGS
+  fi
+fi
+
+# 1. COCO PU split into chunks (the tool resumes an interrupted run and skips a complete one)
+if [[ -f "${CHUNKS_DIR}/metadata.json" ]] && grep -q '"complete": true' "${CHUNKS_DIR}/metadata.json"; then
+  skip preprocess "${CHUNKS_DIR}/metadata.json"
+else
+  stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
+    --num-workers "$NUM_WORKERS"
+fi
+
+# 2. the prior nnPU uses, from the data
+stage prior "$PYTHON" -c "import sys; from datasets.cryoem_chunked_dataset import read_prior; \
+print(f'prior_unlabeled (pi) from {sys.argv[1]}: {read_prior([sys.argv[1]]):.4f}')" "$CHUNKS_DIR"
+
+# 3. training (reruns resume last.pt) and 4. the test patch metrics in results.json
+if [[ -f "${RUN_DIR}/results.json" ]]; then skip train "${RUN_DIR}/results.json"
+else
+  stage train "$PYTHON" train_pu_fixed_full.py --config "$CONFIG" --data-dir "$CHUNKS_DIR" --exp-name "$EXP_NAME" \
+    --output-root "$EXPERIMENTS" --use-data-prior "${DEVICE_FLAG[@]}"
+fi
+stage test_metrics "$PYTHON" -c "import json, sys; r = json.load(open(sys.argv[1]))['test']; \
+print('test patches: ' + '  '.join(f'{k} {r[k]:.4f}' for k in ('auc', 'ap', 'precision', 'recall', 'f1')))" \
+  "${RUN_DIR}/results.json"
+
+# 5. picking on the test micrographs (a rerun skips micrographs already picked)
+PICK_EXTRA=(); [[ -n "$EXPECTED" ]] && PICK_EXTRA=(--expected-particles "$EXPECTED")
+stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micrographs "${DATA_ROOT}/test" \
+  --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}" "${PICK_EXTRA[@]}"
+
+# 6. pick-level evaluation against every particle (ground_truth/ when the data has it)
+GROUND_TRUTH=${DATA_ROOT}/annotations/instances_test.json
+[[ -d "${DATA_ROOT}/ground_truth" ]] && GROUND_TRUTH=${DATA_ROOT}/ground_truth
+if [[ -f "${RUN_DIR}/pick_eval/summary.json" ]]; then skip evaluate "${RUN_DIR}/pick_eval/summary.json"
+else
+  stage evaluate "$PYTHON" evaluate_picks.py --picks "${RUN_DIR}/picks" --ground-truth "$GROUND_TRUTH" \
+    --output "${RUN_DIR}/pick_eval/summary.json"
+fi
+
+echo
+echo "done: ${EXP_NAME}"
+echo "  results (patch metrics): ${RUN_DIR}/results.json"
+echo "  picks (STAR/CSV/BOX/Topaz per micrograph): ${RUN_DIR}/picks/"
+echo "  pick evaluation: ${RUN_DIR}/pick_eval/summary.json"
+echo "  TensorBoard: tensorboard --logdir ${EXPERIMENTS}/   (run dir ${RUN_DIR})"

@@ -1,0 +1,211 @@
+"""Picking: dense scoring, picks from score maps, output formats, the manifest and the CLI's bad input."""
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+import pick_particles
+from datasets.coordinates import read_coco, read_coordinates
+from datasets.preprocess_run import prepare_micrograph, to_scaled
+from datasets.synthetic import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
+from models.resnet import build_model
+from picking.evaluate import precision_recall
+from picking.score import pick_micrograph, picks_from_score_map, score_micrograph, window_grid
+from picking.writers import pick_files, record, write_combined_coco, write_picks
+from training.checkpoint import save_checkpoint
+
+DIAMETER = 40.0
+SYNTHETIC = SyntheticConfig(width=512, height=448, diameter=DIAMETER, density=0.12, snr=1.0, denoised=True,
+                            junk=0, contaminants=0, carbon_fraction=0, seed=5)
+# Training-like preprocessing: particles rescaled to 64 px (scale 1.6), 128 px windows seen at 64 px.
+PREPROCESSING = {"patch_size": 128, "input_size": 64, "target_diameter": 64, "particle_diameter_px": DIAMETER,
+                 "scale": 64 / DIAMETER, "native_resolution": False, "clip_sigma": 4.0,
+                 "normalization": "per_patch_standardise"}
+# Cheap preprocessing for the CLI tests, whose picks do not matter: 64 px windows seen at 32 px.
+SMALL_PREPROCESSING = {**PREPROCESSING, "patch_size": 64, "input_size": 32, "target_diameter": 32,
+                       "scale": 32 / DIAMETER}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Two generated micrographs (MRC) in a folder, and every particle of each as ground truth."""
+    folder = tmp_path_factory.mktemp("micrographs")
+    species = make_species(np.random.default_rng([SYNTHETIC.seed, SPECIES_STREAM]), SYNTHETIC)
+    truth = {}
+    for index in range(2):
+        micrograph = generate_micrograph(SYNTHETIC, species, 2, index)
+        stem = f"synthetic_{index}"
+        with mrcfile.new(folder / f"{stem}.mrc") as mrc:
+            mrc.set_data(micrograph.image)
+        centres = micrograph.centres
+        truth[stem] = np.column_stack([centres, np.full(len(centres), DIAMETER), np.full(len(centres), np.nan)])
+    return folder, truth
+
+
+def make_checkpoint(path, preprocessing):
+    torch.manual_seed(0)
+    model = build_model("resnet_tiny", 0.3)
+    save_checkpoint(path, {"model": model.state_dict(), "ema": None, "preprocessing": preprocessing,
+                           "config": {"model": {"backbone": "resnet_tiny", "dropout": 0.3}}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", SMALL_PREPROCESSING)
+
+
+def pick_cli(checkpoint, micrographs, output_dir, *extra):
+    return pick_particles.main(["--checkpoint", str(checkpoint), "--micrographs", str(micrographs),
+                                "--output-dir", str(output_dir), "--device", "cpu", *extra])
+
+
+class DarkBlobScorer(torch.nn.Module):
+    """A hand-made classifier: minus the mean of the window's central square (particles are dark)."""
+
+    def forward(self, x):
+        size = x.shape[-1]
+        centre = x[:, 0, 3 * size // 8:5 * size // 8, 3 * size // 8:5 * size // 8]
+        return -4 * centre.mean(dim=(1, 2))
+
+
+def test_coordinates_survive_every_output_format(tmp_path):
+    rng = np.random.default_rng(0)
+    particles = np.column_stack([rng.uniform(0, 1000, (30, 2)), np.full(30, 90.0), rng.normal(0, 3, 30)])
+    files = write_picks(tmp_path, "mic_a", "/data/mic_a.mrc", particles, 90.0, ["star", "csv", "box", "txt"])
+    manifest = {"micrographs": []}
+    record(tmp_path, manifest, {"stem": "mic_a", "path": "/data/mic_a.mrc", "status": "done", "n_picks": 30,
+                                "width": 1000, "height": 1000})
+    coco = write_combined_coco(tmp_path, manifest)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    tolerance = {"star": 1e-3, "csv": 1e-9, "box": 0.5, "txt": 0.5}
+    for name, path in files.items():
+        back = read_coordinates(path)["mic_a"]
+        assert np.abs(back[:, :2] - particles[:, :2]).max() <= tolerance[name], name
+    for name in ("star", "csv", "txt"):
+        np.testing.assert_allclose(read_coordinates(files[name])["mic_a"][:, 3], particles[:, 3], atol=1e-5)
+    table, images = read_coco(coco)
+    np.testing.assert_allclose(table["mic_a"], particles, atol=1e-9)
+    assert images["mic_a"]["file_name"] == "mic_a.mrc"
+    assert "mic_a.mrc" in files["star"].read_text()
+
+
+def test_ground_truth_peaks_give_auprc_one(synthetic):
+    """A score map peaking exactly at the particles, through the picking code path, scores AUPRC 1."""
+    _, truth = synthetic
+    stem, targets = "synthetic_0", truth["synthetic_0"]
+    scale = PREPROCESSING["scale"]
+    height, width = round(SYNTHETIC.height * scale), round(SYNTHETIC.width * scale)
+    scale_xy = (width / SYNTHETIC.width, height / SYNTHETIC.height)
+    grid = window_grid(height, width, stride=16)
+    rows, cols = np.meshgrid(np.arange(grid.rows), np.arange(grid.cols), indexing="ij")
+    cells = grid.centres(rows.ravel(), cols.ravel())
+    centres = to_scaled(targets[:, :2], scale_xy)
+    distance2 = ((cells[:, None, :] - centres[None, :, :]) ** 2).sum(-1).min(axis=1)
+    bumps = -10 + 20 * np.exp(-distance2 / (2 * (DIAMETER * scale / 4) ** 2))
+    score_map = torch.from_numpy(bumps.reshape(grid.rows, grid.cols)).float()
+    picks = picks_from_score_map(score_map, grid, scale_xy, (SYNTHETIC.height, SYNTHETIC.width),
+                                 min_distance_px=0.5 * DIAMETER, threshold=pick_particles.DEFAULT_THRESHOLD,
+                                 diameter_px=DIAMETER)
+    evaluation = precision_recall({stem: picks}, {stem: targets}, radius_fraction=0.5)
+    assert evaluation.curve.auprc == 1.0
+    assert evaluation.curve.n_picks == len(targets)
+
+
+def test_dark_blob_scorer_finds_most_planted_particles(synthetic):
+    folder, truth = synthetic
+    picks = {stem: pick_micrograph(DarkBlobScorer(), folder / f"{stem}.mrc", PREPROCESSING, stride=16,
+                                   min_distance_px=0.5 * DIAMETER, threshold=None, device="cpu")
+             for stem in truth}
+    best = precision_recall(picks, truth, radius_fraction=0.5).curve.at_best()
+    assert best["recall"] >= 0.7
+    assert best["precision"] >= 0.7
+
+
+def test_downsampled_windows_score_like_exact_windows(synthetic):
+    """Shrinking the micrograph once gives the logits of shrinking every window, up to the window rim."""
+    folder, _ = synthetic
+    image, _ = prepare_micrograph(mrcfile.read(folder / "synthetic_0.mrc"), 1.0, 4.0)
+    torch.manual_seed(1)
+    model = build_model("resnet_tiny", 0.3).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    options = {"patch_size": 128, "input_size": 64, "stride": 16, "device": "cpu"}
+    exact, exact_grid = score_micrograph(model, image[:321, :449], method="exact", **options)
+    fast, fast_grid = score_micrograph(model, image[:321, :449], method="downsample", **options)
+    assert exact_grid == fast_grid
+    assert (exact - fast).abs().max() < 0.05 * (exact.max() - exact.min())
+
+
+def test_rerun_skips_done_micrographs_and_repicks_deleted_ones(checkpoint, synthetic, tmp_path):
+    folder, truth = synthetic
+    first = pick_cli(checkpoint, folder, tmp_path, "--stride", "16", "--overlays", "1")
+    assert (first["picked"], first["skipped"]) == (2, 0)
+    assert (tmp_path / "overlays" / "synthetic_0.png").is_file()
+    assert not (tmp_path / "overlays" / "synthetic_1.png").exists()
+    again = pick_cli(checkpoint, folder, tmp_path, "--stride", "16")
+    assert (again["picked"], again["skipped"]) == (0, 2)
+    pick_files(tmp_path, "synthetic_1", ["star"])["star"].unlink()
+    third = pick_cli(checkpoint, folder, tmp_path, "--stride", "16")
+    assert (third["picked"], third["skipped"]) == (1, 1)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [(e["stem"], e["status"]) for e in manifest["micrographs"]] == [(s, "done") for s in sorted(truth)]
+    coco, _ = read_coco(tmp_path / "picks.json")
+    assert {stem: len(p) for stem, p in coco.items()} == {e["stem"]: e["n_picks"] for e in manifest["micrographs"]}
+
+
+def test_rerun_with_other_settings_is_refused(checkpoint, synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path, "--stride", "16")
+    with pytest.raises(SystemExit) as exit_info:
+        pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path, "--stride", "16", "--threshold", "0")
+    assert exit_info.value.code == 2
+    assert "threshold" in capsys.readouterr().err
+
+
+def test_unreadable_micrograph_is_skipped_and_counted(checkpoint, synthetic, tmp_path):
+    folder, _ = synthetic
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "good.mrc").write_bytes((folder / "synthetic_0.mrc").read_bytes())
+    (mixed / "broken.mrc").write_bytes(b"not an mrc file" * 100)
+    with pytest.warns(UserWarning, match="broken.mrc"):
+        summary = pick_cli(checkpoint, mixed, tmp_path / "picks", "--stride", "16")
+    assert (summary["picked"], summary["failed"]) == (1, 1)
+    entries = {e["stem"]: e for e in json.loads((tmp_path / "picks" / "manifest.json").read_text())["micrographs"]}
+    assert entries["broken"]["status"] == "failed" and "broken.mrc" in entries["broken"]["reason"]
+    assert entries["good"]["status"] == "done"
+
+
+@pytest.mark.parametrize("content", ["text", "foreign_checkpoint"])
+def test_not_our_checkpoint_is_a_one_line_error(content, synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    path = tmp_path / "model.pt"
+    if content == "text":
+        path.write_text("this is not a checkpoint\n")
+    else:
+        torch.save({"state_dict": build_model("resnet_tiny").state_dict()}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        pick_cli(path, folder, tmp_path / "picks")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "model.pt" in error and "\n" not in error
+
+
+def test_picks_keep_out_of_the_edge_margin(checkpoint, synthetic, tmp_path):
+    folder, _ = synthetic
+    margin = 60.0
+    pick_cli(checkpoint, folder, tmp_path, "--stride", "8", "--edge-margin", str(margin), "--threshold=-1e9",
+             "--formats", "csv")
+    picks = read_coordinates(tmp_path / "synthetic_0.csv")["synthetic_0"]
+    assert len(picks) > 20
+    x, y = picks[:, 0], picks[:, 1]
+    assert x.min() >= margin and y.min() >= margin
+    assert x.max() <= SYNTHETIC.width - 1 - margin and y.max() <= SYNTHETIC.height - 1 - margin
+    gaps = np.linalg.norm(picks[:, None, :2] - picks[None, :, :2], axis=-1) + np.eye(len(picks)) * 1e9
+    assert gaps.min() >= 0.5 * DIAMETER

@@ -1,0 +1,129 @@
+"""run_full_training.sh on a tiny default: stages, skip on rerun, resume after a kill; TensorBoard over HTTP."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SYNTHETIC = "--num-train 3 --num-val 1 --num-test 1 --width 384 --height 384 --diameter 24 --snr 1.0 --seed 5"
+TINY_CONFIG = """
+data: {input_size: 32, max_eval_samples: 2000}
+model: {backbone: resnet_tiny, dropout: 0.1, ema_decay: 0.9}
+optimizer: {lr: 0.002}
+training: {epochs: 4, batch_size: 32, steps_per_epoch: 8, log_every: 4, early_stopping_patience: 10}
+"""
+
+
+def pipeline_command(tmp):
+    return ["bash", str(REPO / "run_full_training.sh"), "--config", str(tmp / "tiny.yaml"), "--exp-name", "tiny",
+            "--experiments-dir", str(tmp / "experiments"), "--chunks-dir", str(tmp / "chunks"),
+            "--synthetic-dir", str(tmp / "synthetic"), "--synthetic-args", TINY_SYNTHETIC, "--device", "cpu"]
+
+
+def run_pipeline(tmp):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    return subprocess.run(pipeline_command(tmp), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    (tmp / "tiny.yaml").write_text(TINY_CONFIG)
+    first = run_pipeline(tmp)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return tmp, first
+
+
+def test_all_stages_run_and_write_their_outputs(pipeline):
+    tmp, first = pipeline
+    run = tmp / "experiments" / "tiny"
+    for stage in ("synthetic_data", "preprocess", "prior", "train", "test_metrics", "pick", "evaluate"):
+        assert (run / "logs" / f"{stage}.log").is_file(), stage
+    results = json.loads((run / "results.json").read_text())
+    assert 0.5 < results["test"]["auc"] <= 1.0 and 0.0 < results["prior"] < 1.0
+    summary = json.loads((run / "pick_eval" / "summary.json").read_text())
+    assert summary["n_targets"] > 0 and 0.0 <= summary["auprc"] <= 1.0
+    assert list((run / "picks").glob("*.star"))
+    assert "results (patch metrics)" in first.stdout and "tensorboard --logdir" in first.stdout
+
+
+def test_second_run_skips_finished_stages(pipeline):
+    tmp, _ = pipeline
+    again = run_pipeline(tmp)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for stage in ("synthetic_data", "preprocess", "train", "evaluate"):
+        assert f"stage: {stage} already done" in again.stdout
+
+
+def test_failing_stage_stops_with_its_name(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "run_full_training.sh"), "--data-root", str(tmp_path / "nowhere"),
+                           "--experiments-dir", str(tmp_path / "exp"), "--chunks-dir", str(tmp_path / "c")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "stage 'preprocess' failed" in done.stderr
+
+
+def test_killed_mid_training_resumes_the_same_run(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 6"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    process = subprocess.Popen(pipeline_command(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    last = tmp_path / "experiments" / "tiny" / "last.pt"
+    deadline = time.time() + 600
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert last.exists() and not (tmp_path / "experiments" / "tiny" / "results.json").exists()
+    again = run_pipeline(tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in (tmp_path / "experiments" / "tiny" / "logs" / "train.log").read_text()
+    epochs = [json.loads(line)["epoch"] for line in
+              (tmp_path / "experiments" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == sorted(set(epochs)) and epochs[0] == 1
+    assert json.loads((tmp_path / "experiments" / "tiny" / "results.json").read_text())["steps"] == epochs[-1] * 8
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url, timeout=2):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_the_run_curves(pipeline):
+    tmp, _ = pipeline
+    port = free_port()
+    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp / "experiments"),
+                              "--host", "127.0.0.1", "--port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        tags, deadline = None, time.time() + 90
+        while time.time() < deadline:
+            try:
+                tags = get_json(f"{base}/data/plugin/scalars/tags")
+                if tags.get("tiny"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert tags and {"val/auc", "train/loss", "train/mask_rate"} <= set(tags["tiny"])
+        query = urllib.parse.urlencode({"tag": "val/auc", "run": "tiny"})
+        points = get_json(f"{base}/data/plugin/scalars/scalars?{query}")
+        assert len(points) >= 1 and all(0.0 <= value <= 1.0 for _, _, value in points)
+    finally:
+        board.terminate()
+        board.wait(timeout=30)

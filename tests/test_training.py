@@ -1,0 +1,150 @@
+"""Training: short end-to-end runs on a tiny generated dataset, resume, TensorBoard, DDP, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import make_synthetic_dataset
+import preprocess_coco_full_dataset
+import train_pu_fixed_full
+import train_with_chunked_data
+from training.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.batch_size=32",
+        "training.steps_per_epoch=8", "training.log_every=4", "data.max_eval_samples=400",
+        "model.ema_decay=0.9", "optimizer.lr=0.002"]
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    """A tiny synthetic dataset (high SNR, easy) preprocessed by the COCO PU tool, 64 px patches."""
+    root = tmp_path_factory.mktemp("train_data")
+    make_synthetic_dataset.main(["--out", str(root / "syn"), "--num-train", "3", "--num-val", "1", "--num-test", "1",
+                                 "--width", "384", "--height", "384", "--diameter", "24", "--snr", "1.0",
+                                 "--seed", "3"])
+    out = root / "chunks"
+    preprocess_coco_full_dataset.main(["--data-root", str(root / "syn"), "--output-dir", str(out),
+                                       "--patch-size", "64", "--target-diameter", "32"])
+    return out
+
+
+def train(chunks, tmp_path, *extra, name="run", epochs=3):
+    argv = ["--data-dir", str(chunks), "--exp-name", name, "--output-root", str(tmp_path), "--device", "cpu",
+            "--use-data-prior", "--epochs", str(epochs), *FAST, *extra]
+    return train_pu_fixed_full.main(argv)
+
+
+def test_short_training_beats_chance_and_writes_the_run_dir(chunks, tmp_path):
+    results = train(chunks, tmp_path, epochs=4)
+    run = tmp_path / "run"
+    assert results["val"]["auc"] > 0.75 and results["test"]["auc"] > 0.75
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "results.json").read_text())
+    for block in ("val", "test"):
+        assert {"auc", "ap", "precision", "recall", "f1", "at_best_f1_threshold"} <= set(saved[block])
+    meta = json.loads((chunks / "metadata.json").read_text())
+    assert saved["prior"] == pytest.approx(meta["priors"]["prior_unlabeled"])
+    ckpt = load_checkpoint(run / "best.pt")
+    assert {"model", "optimizer", "scheduler", "ema", "epoch", "step", "best_metric", "config", "preprocessing",
+            "git_sha"} <= set(ckpt)
+    assert ckpt["preprocessing"]["patch_size"] == 64 and ckpt["preprocessing"]["input_size"] == 32
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/pu_loss", "train/consistency_loss", "train/mask_rate",
+            "train/pseudo_label_accuracy", "val/auc", "val/ap", "val/precision", "val/recall", "val/f1",
+            "lr"} <= tags
+    assert len(events.Scalars("val/auc")) == 4
+
+
+def test_resume_continues_the_same_run(chunks, tmp_path):
+    train(chunks, tmp_path, name="straight", epochs=2)
+    train(chunks, tmp_path, name="split", epochs=1)
+    first = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert first["epoch"] == 1 and first["step"] == 8
+    train(chunks, tmp_path, name="split", epochs=2)  # a rerun resumes last.pt (epochs may grow)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert resumed["step"] == straight["step"] == 16
+    for key, value in straight["model"].items():
+        assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-5), key
+    assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for key, state in straight["optimizer"]["state"].items():
+        assert torch.allclose(state["exp_avg"], resumed["optimizer"]["state"][key]["exp_avg"], atol=1e-5)
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_chunked_script_uses_data_prior_and_positive_ratio(chunks, tmp_path):
+    results = train_with_chunked_data.main(["--data-dir", str(chunks), "--exp-name", "guide", "--output-root",
+                                            str(tmp_path), "--device", "cpu", "--positive-ratio", "0.25",
+                                            "--epochs", "1", "--load-to-memory", *FAST])
+    meta = json.loads((chunks / "metadata.json").read_text())
+    assert results["prior"] == pytest.approx(meta["priors"]["prior_unlabeled"])
+    config = (tmp_path / "guide" / "config.yaml").read_text()
+    assert "loader_mode: memory" in config and "- 0.25" in config
+
+
+def test_baseline_and_nnpu_only_modes_run(chunks, tmp_path):
+    pn = train(chunks, tmp_path, "loss.mode=pn", name="pn", epochs=1)
+    assert pn["loss_mode"] == "pn"
+    only = train(chunks, tmp_path, "loss.use_consistency=false", name="only", epochs=1)
+    assert only["consistency"] is False
+
+
+def _error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        train_pu_fixed_full.main(argv)
+    assert exit_info.value.code in (2, "error: give either --prior or --use-data-prior, not both")
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_input(chunks, tmp_path, capsys):
+    base = ["--output-root", str(tmp_path), "--device", "cpu", *FAST]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "metadata.json" in _error(capsys, ["--data-dir", str(empty), "--use-data-prior", *base])
+    assert "(0, 1)" in _error(capsys, ["--data-dir", str(chunks), "--prior", "1.5", *base])
+    err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", *base, "loss.priorr=0.3"])
+    assert "loss.priorr" in err
+    train(chunks, tmp_path, name="arch", epochs=1)
+    err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", "--exp-name", "arch", "--epochs", "2",
+                          *base, "model.backbone=resnet18"])
+    assert "model.backbone" in err
+
+
+def test_incomplete_preprocessing_and_no_positives(chunks, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(chunks, broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta["complete"] = False
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    err = _error(capsys, ["--data-dir", str(broken), "--use-data-prior", "--output-root", str(tmp_path), *FAST])
+    assert "resume" in err or "incomplete" in err
+    nopos = tmp_path / "nopos"
+    shutil.copytree(chunks, nopos)
+    for chunk in nopos.glob("train_chunk_*.pt"):
+        data = torch.load(chunk, weights_only=True)
+        data["label"][data["label"] == 1] = 0
+        torch.save(data, chunk)
+    err = _error(capsys, ["--data-dir", str(nopos), "--prior", "0.3", "--output-root", str(tmp_path), *FAST])
+    assert "no labeled positives" in err
+
+
+def test_two_process_gloo_ddp_run(chunks, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(REPO / "train_pu_fixed_full.py"), "--data-dir", str(chunks), "--exp-name", "ddp", "--output-root",
+           str(tmp_path), "--device", "cpu", "--use-data-prior", "--epochs", "1", *FAST]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["steps"] == 8 and 0.0 <= results["test"]["auc"] <= 1.0

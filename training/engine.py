@@ -1,0 +1,419 @@
+"""The one training loop both training scripts use: nnPU (+ FixMatch) on chunked patches.
+
+`fit(config, run_dir, ...)` builds the run from the resolved config, resumes from run_dir/last.pt when
+it exists, trains epoch by epoch (exact-ratio PU batches, augmentation on the device, bf16 autocast
+and channels_last on CUDA, DDP under torchrun), evaluates on val after each epoch, keeps best.pt by
+val AUC with early stopping, checks the guide's warning signs, and writes TensorBoard events,
+metrics.jsonl and, at the end, results.json with the best checkpoint's val and test metrics.
+"""
+import json
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+
+from datasets.augment import strong_augment, weak_augment
+from datasets.errors import InputError
+from losses import ConsistencyLoss, PNLoss, PULoss, check_prior
+from models import ModelEMA, build_model
+from training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from training.data import TrainBatches, eval_subset, network_input
+from training.health import TrainingDiverged, check_finite, health_warnings
+from training.metrics import best_f1_threshold, patch_metrics
+from utils.config import diff_keys
+from utils.files import atomic_write_json, git_sha
+
+RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.early_stopping_patience"}
+
+
+@dataclass
+class Run:
+    config: dict
+    run_dir: object
+    device: torch.device
+    model: torch.nn.Module
+    ema: ModelEMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pu_loss: torch.nn.Module
+    consistency: ConsistencyLoss | None
+    batches: TrainBatches
+    prior: float
+    preprocessing: dict
+    generator: torch.Generator
+    rank: int = 0
+    world_size: int = 1
+    writer: SummaryWriter | None = None
+    progress: dict = field(default_factory=dict)
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    @property
+    def teacher(self):
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def build_losses(loss_cfg, prior):
+    mode = loss_cfg["mode"]
+    if mode == "pn":
+        pu_loss = PNLoss()
+    elif mode in ("nnpu", "upu"):
+        pu_loss = PULoss(prior, loss=loss_cfg["surrogate"], beta=loss_cfg["beta"], gamma=loss_cfg["gamma"],
+                         nnpu=mode == "nnpu", negative_weight=loss_cfg["negative_weight"])
+    else:
+        raise InputError(f"loss.mode '{mode}' is not one of nnpu, upu, pn")
+    consistency = ConsistencyLoss(loss_cfg["consistency_threshold"], loss_cfg["lambda_consistency"],
+                                  loss_cfg["selective"], align_to_prior=loss_cfg["align_to_prior"]
+                                  and mode != "pn") if loss_cfg["use_consistency"] else None
+    return pu_loss, consistency
+
+
+def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
+    warmup = opt_cfg["warmup_epochs"] * steps_per_epoch
+    if opt_cfg["scheduler"] not in ("cosine", "constant"):
+        raise InputError(f"optimizer.scheduler '{opt_cfg['scheduler']}' is not one of cosine, constant")
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if opt_cfg["scheduler"] == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=1, num_workers=0):
+    data_cfg, train_cfg = config["data"], config["training"]
+    torch.manual_seed(train_cfg["seed"] + rank)
+    batches = TrainBatches(data_cfg, train_cfg, rank, world_size, num_workers, pin_memory=device.type == "cuda")
+    model = build_model(config["model"]["backbone"], config["model"]["dropout"]).to(device)
+    if device.type == "cuda" and train_cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEMA(model, config["model"]["ema_decay"]) if config["model"]["use_ema"] else None
+    optimizer, scheduler = build_optimizer(model, config["optimizer"], train_cfg["epochs"] * batches.steps,
+                                           batches.steps)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(  # static graph: weak and strong views are two forwards
+            model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    pu_loss, consistency = build_losses(config["loss"], prior)
+    generator = torch.Generator(device=device).manual_seed(train_cfg["seed"] * 1000 + rank)
+    writer = SummaryWriter(str(run_dir)) if rank == 0 else None
+    return Run(config, run_dir, device, model, ema, optimizer, scheduler, pu_loss, consistency, batches, prior,
+               preprocessing, generator, rank, world_size, writer)
+
+
+def autocast(run):
+    if run.device.type == "cuda" and run.config["training"]["amp"]:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def channels_last(run, x):
+    if run.device.type == "cuda" and run.config["training"]["channels_last"]:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def consistency_ramp(run):
+    """Weight of the FixMatch term: 0 -> 1 linearly over loss.consistency_warmup_epochs (then 1)."""
+    warmup_steps = run.config["loss"]["consistency_warmup_epochs"] * run.batches.steps
+    return min(1.0, run.progress["step"] / warmup_steps) if warmup_steps else 1.0
+
+
+@contextmanager
+def frozen_batchnorm_statistics(model):
+    """BatchNorm still normalises with batch statistics but its running statistics stay as they are.
+
+    The strong view passes through the network under this: mixed into the running statistics, its
+    noise and blur would shift every eval-mode logit (the EMA teacher's too) towards one class, and the
+    pseudo labels would then drag the model along (seen here: val AUC 0.99 while calling no patch a particle).
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
+def train_step(run, batch):
+    """One optimisation step; returns the loss parts as detached tensors (no host sync here)."""
+    x = network_input(batch["patches"], run.config["data"]["input_size"], run.device, False)
+    labels = batch["label"].to(run.device, non_blocking=True).long()
+    true_label = batch["true_label"].to(run.device, non_blocking=True).long()
+    weak = channels_last(run, weak_augment(x, generator=run.generator))
+    run.model.train()
+    with autocast(run):
+        weak_logits = run.model(weak).float()
+    loss, parts = run.pu_loss(weak_logits, labels)
+    parts = {"pu_loss": parts["risk"], **{k: v for k, v in parts.items() if k != "risk"}}
+    if run.consistency is not None:
+        strong = channels_last(run, strong_augment(x, generator=run.generator))
+        with autocast(run), frozen_batchnorm_statistics(unwrap(run.model)):
+            strong_logits = run.model(strong).float()
+        with torch.no_grad(), autocast(run):
+            teacher_logits = run.teacher(weak).float() if run.ema is not None else weak_logits.detach()
+        consistency, cparts = run.consistency(teacher_logits, strong_logits, labels, run.prior, true_label)
+        loss = loss + consistency_ramp(run) * consistency
+        parts.update(cparts)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(unwrap(run.model))
+    parts["loss"] = loss.detach()
+    return parts
+
+
+def _mean_parts(accumulated, n):
+    return {k: float(v) / n for k, v in accumulated.items()}
+
+
+def train_epoch(run, epoch, skip, deadline):
+    """Steps of one epoch (from `skip`); returns the epoch's mean parts and whether time ran out."""
+    log_every, ckpt_every = run.config["training"]["log_every"], run.config["training"]["checkpoint_every"]
+    epoch_sum, window_sum, window_n, n = {}, {}, 0, 0
+    step_in_epoch = skip
+    for batch in run.batches.epoch(epoch, skip):
+        parts = train_step(run, batch)
+        for key, value in parts.items():
+            if isinstance(value, float):  # constants such as the prior are logged on their own
+                continue
+            epoch_sum[key] = epoch_sum.get(key, 0) + value
+            window_sum[key] = window_sum.get(key, 0) + value
+        n, window_n, step_in_epoch = n + 1, window_n + 1, step_in_epoch + 1
+        run.progress["step"] += 1
+        if window_n == log_every:
+            log_train_window(run, _mean_parts(window_sum, window_n))
+            window_sum, window_n = {}, 0
+        if ckpt_every and run.progress["step"] % ckpt_every == 0:
+            check_finite(float(parts["loss"]), run.progress["step"])
+            save_state(run, "last.pt", epoch, step_in_epoch)
+        if time.time() > deadline:
+            return _mean_parts(epoch_sum, max(n, 1)), True
+    return _mean_parts(epoch_sum, max(n, 1)), False
+
+
+def log_train_window(run, means):
+    check_finite(means["loss"], run.progress["step"])
+    if run.writer is None:
+        return
+    step = run.progress["step"]
+    for key in ("loss", "pu_loss", "consistency_loss", "mask_rate", "pseudo_label_accuracy",
+                "pseudo_positive_rate", "unlabeled_positive_rate", "positive_risk", "negative_risk",
+                "nn_correction", "known_negative_risk"):
+        if key in means:
+            run.writer.add_scalar(f"train/{key}", means[key], step)
+    run.writer.add_scalar("train/prior", run.prior, step)
+    run.writer.add_scalar("lr", run.optimizer.param_groups[0]["lr"], step)
+
+
+@torch.inference_mode()
+def predict(run, model, dataset, indices):
+    """Particle probabilities of the samples `indices`, and their true labels."""
+    model.eval()
+    batch_size, scores, truth = run.config["training"]["eval_batch_size"], [], []
+    for start in range(0, len(indices), batch_size):
+        batch = dataset.get_batch(indices[start:start + batch_size])
+        x = channels_last(run, network_input(batch["patches"], run.config["data"]["input_size"], run.device, False))
+        with autocast(run):
+            scores.append(torch.sigmoid(model(x).float()).cpu())
+        truth.append(batch["true_label"].long())
+    return torch.cat(scores).numpy(), torch.cat(truth).numpy()
+
+
+def evaluate(run, model, split, best_threshold=None):
+    data_cfg = run.config["data"]
+    dataset, indices = eval_subset(data_cfg["data_dir"], split, data_cfg["max_eval_samples"],
+                                   run.config["training"]["seed"])
+    scores, truth = predict(run, model, dataset, indices)
+    return patch_metrics(scores, truth, best_threshold), scores, truth
+
+
+def save_state(run, name, epoch, step_in_epoch):
+    if not run.main:
+        return
+    save_checkpoint(run.run_dir / name, {
+        "model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
+        "epoch": epoch, "step": run.progress["step"], "step_in_epoch": step_in_epoch,
+        "best_metric": run.progress["best_metric"], "best_epoch": run.progress["best_epoch"],
+        "progress": run.progress, "config": run.config, "preprocessing": run.preprocessing,
+        "prior": run.prior, "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state()},
+        "git_sha": git_sha()})
+
+
+def restore_state(run, path):
+    """Continue a run from last.pt: same step, optimizer, scheduler, EMA, RNG and history."""
+    state = load_checkpoint(path, map_location=run.device)
+    differing = [k for k in diff_keys(state["config"], run.config) if k not in RESUMABLE_CHANGES]
+    if differing:
+        raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
+                         f"use another --exp-name or delete {run.run_dir}")
+    load_model_weights(unwrap(run.model), state["model"], path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    run.generator.set_state(state["rng"]["augment"].cpu())
+    run.progress = state["progress"]
+    return state["epoch"], state["step_in_epoch"]
+
+
+def new_progress():
+    return {"step": 0, "best_metric": -1.0, "best_epoch": -1, "auc_history": [], "train_seconds": 0.0,
+            "stopped": None}
+
+
+def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings):
+    print(f"\nEpoch {epoch + 1}/{epochs}")
+    print(f"  Train Loss: {parts.get('loss', float('nan')):.4f}")
+    print(f"    - PU Loss: {parts.get('pu_loss', float('nan')):.4f}")
+    if "consistency_loss" in parts:
+        print(f"    - Consistency Loss: {parts['consistency_loss']:.4f}")
+        print(f"  Consistency Mask Rate: {parts['mask_rate']:.1%}")
+        print(f"  Unlabeled called positive: {parts['unlabeled_positive_rate']:.1%} (pi = {prior:.3f})")
+    print(f"\n  Val AUC: {val['auc']:.4f}")
+    print(f"  Val Precision: {val['precision']:.4f}")
+    print(f"  Val Recall: {val['recall']:.4f}")
+    for _, message in warnings:
+        print(f"  WARNING: {message}")
+    if is_best:
+        print(f"  *** New best model! AUC: {val['auc']:.4f} ***")
+
+
+def end_epoch(run, epoch, parts, val):
+    """Log the epoch, keep best.pt, check health; returns True when early stopping says stop."""
+    progress, cfg = run.progress, run.config["training"]
+    progress["auc_history"].append(val["auc"])
+    is_best = val["auc"] > progress["best_metric"]
+    if is_best:
+        progress["best_metric"], progress["best_epoch"] = val["auc"], epoch
+    warnings = health_warnings(parts, val, progress["auc_history"], run.consistency is not None)
+    if run.main:
+        step = progress["step"]
+        for key in ("auc", "ap", "precision", "recall", "f1", "predicted_positive_rate"):
+            run.writer.add_scalar(f"val/{key}", val[key], step)
+        for tag, _ in warnings:
+            run.writer.add_scalar(f"health/{tag}", 1.0, step)
+        run.writer.flush()
+        record = {"epoch": epoch + 1, "step": step, "lr": run.optimizer.param_groups[0]["lr"],
+                  "train": parts, "val": {k: v for k, v in val.items() if not isinstance(v, dict)},
+                  "warnings": [t for t, _ in warnings], "train_seconds": progress["train_seconds"]}
+        with open(run.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print_epoch(epoch, cfg["epochs"], parts, val, run.prior, is_best, warnings)
+        if is_best:
+            save_state(run, "best.pt", epoch + 1, 0)
+    save_state(run, "last.pt", epoch + 1, 0)
+    return epoch - progress["best_epoch"] >= cfg["early_stopping_patience"]
+
+
+def train(run, start_epoch, skip):
+    """Epochs from start_epoch until done, early stopping, or the time budget."""
+    cfg = run.config["training"]
+    budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else float("inf")
+    for epoch in range(start_epoch, cfg["epochs"]):
+        started = time.time()
+        deadline = started + budget - run.progress["train_seconds"]
+        parts, out_of_time = train_epoch(run, epoch, skip, deadline)
+        skip = 0
+        check_finite(parts.get("loss", 0.0), run.progress["step"])
+        run.progress["train_seconds"] += time.time() - started
+        val, _, _ = evaluate(run, run.teacher, "val")
+        if end_epoch(run, epoch, parts, val):
+            run.progress["stopped"] = f"early stopping after epoch {epoch + 1}"
+            break
+        if out_of_time:
+            run.progress["stopped"] = f"time budget of {cfg['max_minutes']} min reached in epoch {epoch + 1}"
+            break
+    if run.progress["stopped"] and run.main:
+        print(f"\n{run.progress['stopped']}")
+        save_state(run, "last.pt", cfg["epochs"], 0)
+
+
+def final_results(run):
+    """results.json: the best checkpoint's val and test metrics (at 0.5 and at val's best-F1 threshold)."""
+    best = load_checkpoint(run.run_dir / "best.pt", map_location=run.device)
+    model = build_model(run.config["model"]["backbone"], run.config["model"]["dropout"]).to(run.device)
+    load_model_weights(model, best["ema"] or best["model"], run.run_dir / "best.pt")
+    started = time.time()
+    val, val_scores, val_truth = evaluate(run, model, "val")
+    known = val_truth >= 0
+    threshold = best_f1_threshold(val_scores[known], val_truth[known])
+    val["at_best_f1_threshold"] = patch_metrics(val_scores, val_truth, threshold)["at_best_f1_threshold"]
+    test, _, _ = evaluate(run, model, "test", best_threshold=threshold)
+    results = {"exp_name": run.run_dir.name, "best_epoch": best["best_epoch"] + 1, "best_val_auc": best["best_metric"],
+               "val": val, "test": test, "prior": run.prior, "prior_source": run.config["loss"].get("prior_source"),
+               "loss_mode": run.config["loss"]["mode"], "consistency": run.config["loss"]["use_consistency"],
+               "steps": run.progress["step"], "stopped": run.progress["stopped"],
+               "timings": {"train_seconds": run.progress["train_seconds"],
+                           "final_eval_seconds": time.time() - started}, "git_sha": git_sha()}
+    atomic_write_json(run.run_dir / "results.json", results)
+    return results
+
+
+def setup_distributed(device_name):
+    """(rank, world_size, device) under torchrun (NCCL on GPU, gloo on CPU), else (0, 1, device)."""
+    import os
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if world_size == 1:
+        return 0, 1, device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def fit(config, run_dir, device_name=None, num_workers=0, prior=None, preprocessing=None):
+    """Train (or resume) the run in run_dir; returns results.json's dict on rank 0."""
+    rank, world_size, device = setup_distributed(device_name)
+    check_prior_for(config, prior)
+    run = build_run(config, run_dir, device, prior, preprocessing, rank, world_size, num_workers)
+    run.progress = new_progress()
+    start_epoch, skip = 0, 0
+    if (run_dir / "last.pt").exists():
+        start_epoch, skip = restore_state(run, run_dir / "last.pt")
+        if run.main:
+            print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {run.progress['step']}")
+    try:
+        if not run.progress["stopped"]:
+            train(run, start_epoch, skip)
+        results = final_results(run) if run.main else None
+    except TrainingDiverged as exc:
+        raise InputError(str(exc)) from exc
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+        if world_size > 1:
+            dist.destroy_process_group()
+    return results
+
+
+def check_prior_for(config, prior):
+    if config["loss"]["mode"] == "pn":
+        return
+    try:
+        check_prior(prior)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
