@@ -40,7 +40,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
         name = profile_for(args.config, args.ratio)
-        default_out = Path(load_yaml(args.config)["data"]["output_dir"])
+        default_out = Path(load_yaml(args.config).get("data", {}).get("output_dir") or "data/chunks")
         output_dir = args.output_dir or str(Path(args.output_root or default_out.parent) / f"ratio_{args.ratio:g}")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

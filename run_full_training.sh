@@ -12,6 +12,8 @@
 # Every stage checks its own outputs: a rerun skips finished stages and resumes an interrupted one.
 # Logs: experiments/<exp-name>/logs/<stage>.log
 set -euo pipefail
+CALLER_DIR=$PWD
+abs() { if [[ "$1" = /* ]]; then echo "$1"; else echo "${CALLER_DIR}/$1"; fi; }  # paths given by the user
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 
@@ -19,15 +21,15 @@ DATA_ROOT="" CONFIG="" EXP_NAME="" CHUNKS_DIR="" DEVICE="" NUM_WORKERS=2 EXPECTE
 SYNTHETIC_DIR=data/synthetic SYNTHETIC_ARGS=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --data-root) DATA_ROOT=$2; shift 2 ;;
-    --config) CONFIG=$2; shift 2 ;;
+    --data-root) DATA_ROOT=$(abs "$2"); shift 2 ;;
+    --config) CONFIG=$(abs "$2"); shift 2 ;;
     --exp-name) EXP_NAME=$2; shift 2 ;;
-    --chunks-dir) CHUNKS_DIR=$2; shift 2 ;;
+    --chunks-dir) CHUNKS_DIR=$(abs "$2"); shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;
     --num-workers) NUM_WORKERS=$2; shift 2 ;;
     --expected-particles) EXPECTED=$2; shift 2 ;;
-    --experiments-dir) EXPERIMENTS=$2; shift 2 ;;
-    --synthetic-dir) SYNTHETIC_DIR=$2; shift 2 ;;
+    --experiments-dir) EXPERIMENTS=$(abs "$2"); shift 2 ;;
+    --synthetic-dir) SYNTHETIC_DIR=$(abs "$2"); shift 2 ;;
     --synthetic-args) SYNTHETIC_ARGS=$2; shift 2 ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -66,7 +68,8 @@ if [[ $DEMO == 1 ]]; then
 fi
 
 # 1. COCO PU split into chunks (the tool resumes an interrupted run and skips a complete one)
-if [[ -f "${CHUNKS_DIR}/metadata.json" ]] && grep -q '"complete": true' "${CHUNKS_DIR}/metadata.json"; then
+if "$PYTHON" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("complete") is True else 1)' \
+    "${CHUNKS_DIR}/metadata.json" 2>/dev/null; then
   skip preprocess "${CHUNKS_DIR}/metadata.json"
 else
   stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
@@ -94,8 +97,10 @@ stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micro
 
 # 6. pick-level evaluation against every particle (ground_truth/ when the data has it)
 GROUND_TRUTH=${DATA_ROOT}/annotations/instances_test.json
+[[ -f "$GROUND_TRUTH" ]] || GROUND_TRUTH=${DATA_ROOT}/particle_coordinates
 [[ -d "${DATA_ROOT}/ground_truth" ]] && GROUND_TRUTH=${DATA_ROOT}/ground_truth
-if [[ -f "${RUN_DIR}/pick_eval/summary.json" ]]; then skip evaluate "${RUN_DIR}/pick_eval/summary.json"
+if [[ "${RUN_DIR}/pick_eval/summary.json" -nt "${RUN_DIR}/picks/manifest.json" ]]; then
+  skip evaluate "${RUN_DIR}/pick_eval/summary.json"
 else
   stage evaluate "$PYTHON" evaluate_picks.py --picks "${RUN_DIR}/picks" --ground-truth "$GROUND_TRUTH" \
     --output "${RUN_DIR}/pick_eval/summary.json"

@@ -224,7 +224,8 @@ def test_resume_after_interruption_is_byte_identical(tiny, tmp_path, monkeypatch
     assert not list(out.glob("*.tmp"))
 
 
-def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("failure", ["enospc", "torch_runtime_error"])
+def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch, capsys, failure):
     reference = tmp_path / "reference"
     preprocess_coco_full_dataset.main(coco_args(tiny, reference))
     out = tmp_path / "out"
@@ -235,9 +236,14 @@ def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch,
         calls["n"] += 1
         if calls["n"] == 3:
             Path(path).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
+            if failure == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
         return real_save(obj, path, *a, **k)
     monkeypatch.setattr(torch, "save", full_disk)
+    if failure == "torch_runtime_error":  # what torch.save raises on a full disk; free space tells why
+        real_usage = chunk_writer.shutil.disk_usage
+        monkeypatch.setattr(chunk_writer.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=0))
     with pytest.raises(SystemExit) as exit_info:
         preprocess_coco_full_dataset.main(coco_args(tiny, out))
     assert exit_info.value.code == 2

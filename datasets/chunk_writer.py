@@ -9,6 +9,7 @@ its index), skips what was written, and so produces byte-identical chunks to an 
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ from utils.files import atomic_write_json
 TYPE_NAMES = {code: name for name, code in SAMPLE_TYPES.items()}
 TORCH_DTYPES = {"patches": torch.uint8, "label": torch.int8, "sample_type": torch.int8,
                 "true_label": torch.int8, "micrograph": torch.int32, "xy": torch.int32}
+
+
+def _disk_full(exc, directory, needed_bytes):
+    """True when a failed write ran out of space (torch.save reports it as a RuntimeError, not ENOSPC)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return shutil.disk_usage(directory).free < needed_bytes
 
 
 def _is_ours(name):
@@ -84,7 +92,13 @@ class ChunkStore:
     def save(self):
         self.metadata["resume"]["micrographs_done"] = sum(
             1 for m in self.metadata["micrographs"] if m.get("status") in ("done", "skipped"))
-        atomic_write_json(self.output_dir / "metadata.json", self.metadata)
+        try:
+            atomic_write_json(self.output_dir / "metadata.json", self.metadata)
+        except OSError as exc:
+            if _disk_full(exc, self.output_dir, 1 << 20):
+                raise InputError(f"disk full while writing {self.output_dir / 'metadata.json'}; free space and "
+                                 f"rerun the same command to resume") from exc
+            raise
 
     def write_chunk(self, split, samples, cursor):
         """Write one chunk atomically, record it and the cursor, then rewrite metadata.json."""
@@ -94,12 +108,13 @@ class ChunkStore:
         tmp = path.with_name(name + ".tmp")
         tensors = {key: torch.from_numpy(np.ascontiguousarray(samples[key])).to(TORCH_DTYPES[key])
                    for key in CHUNK_KEYS}
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
         try:
             torch.save(tensors, tmp)
             os.replace(tmp, path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno == errno.ENOSPC:
+            if _disk_full(exc, self.output_dir, needed):
                 raise InputError(f"disk full while writing {path}; free space and rerun the same command "
                                  f"to resume (earlier chunks are intact)") from exc
             raise

@@ -131,8 +131,8 @@ def read_prior(dirs):
     """nnPU's pi (fraction of positives among unlabeled train samples) over one or more shards.
 
     "counted" priors are recomputed from the shards' summed train counts,
-    hidden_positive / (hidden_positive + background); "expected_particles" priors are averaged
-    weighted by each shard's unlabeled train count. InputError unless 0 < pi < 1.
+    hidden_positive / (hidden_positive + background); "expected_particles" priors from the summed
+    estimates, hidden_windows_estimate / unlabeled_windows. InputError unless 0 < pi < 1.
     """
     dirs = _as_dirs(dirs)
     shards = [(d / "metadata.json", read_metadata(d)) for d in dirs]
@@ -148,8 +148,9 @@ def read_prior(dirs):
     if method == "counted":
         prior = hidden.sum() / unlabeled.sum() if unlabeled.sum() else math.nan
     elif method == "expected_particles":
-        priors = np.array([_field(meta, path, "priors", "prior_unlabeled") for path, meta in shards])
-        prior = (priors * unlabeled).sum() / unlabeled.sum() if unlabeled.sum() else math.nan
+        estimate = sum(_field(meta, path, "priors", "hidden_windows_estimate") for path, meta in shards)
+        windows = sum(_field(meta, path, "priors", "unlabeled_windows") for path, meta in shards)
+        prior = estimate / windows if windows else math.nan
     else:
         raise InputError(f"{source}: no usable prior in metadata (method {method!r}); set loss.prior in the config "
                          f"or preprocess with --expected-particles")

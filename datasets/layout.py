@@ -116,7 +116,7 @@ def load_dataset(root, annotations=None, seed=42, split_fractions=(0.8, 0.1, 0.1
             records.append(MicrographRecord(
                 index=len(records), path=str(path), stem=path.stem, split=split,
                 particles=table.get(path.stem, _empty()),
-                truth=None if truth is None else truth.get(path.stem, _empty()),
+                truth=None if truth is None else truth.get(path.stem),
                 known_negatives=rejected.get(path.stem) if split == "train" else None))
     if not any(r.split == "train" for r in records):
         raise InputError(f"no training micrographs found under {root}; check --data-root")

@@ -279,8 +279,8 @@ def project(species, rotation, x, y, canvas):
 
 def _window(shape, x, y, radius):
     """Slices of the canvas around (x, y) and the offsets (dy, dx) of their pixels from it."""
-    row0, row1 = max(int(y - radius), 0), min(int(y + radius) + 2, shape[0])
-    col0, col1 = max(int(x - radius), 0), min(int(x + radius) + 2, shape[1])
+    row0, row1 = max(int(y - radius), 0), min(max(int(y + radius) + 2, 0), shape[0])
+    col0, col1 = max(int(x - radius), 0), min(max(int(x + radius) + 2, 0), shape[1])
     dy = np.arange(row0, row1)[:, None] - y
     dx = np.arange(col0, col1)[None, :] - x
     return (slice(row0, row1), slice(col0, col1)), dy, dx

@@ -212,10 +212,16 @@ def test_counted_prior_comes_from_summed_shard_counts(tmp_path):
     assert read_prior([a, b]) == pytest.approx(4 / 40)
 
 
-def test_expected_particles_prior_is_weighted_by_unlabeled_count(tmp_path):
-    a = write_chunk_dir(tmp_path / "a", {}, train_counts=counts(0, 10), prior_method="expected_particles", prior=0.4)
-    b = write_chunk_dir(tmp_path / "b", {}, train_counts=counts(0, 30), prior_method="expected_particles", prior=0.2)
-    assert read_prior([a, b]) == pytest.approx((10 * 0.4 + 30 * 0.2) / 40)
+def test_expected_particles_prior_pools_the_shards_estimates(tmp_path):
+    shards = []
+    for name, estimate, windows in (("a", 4.0, 10), ("b", 6.0, 30)):
+        root = write_chunk_dir(tmp_path / name, {}, train_counts=counts(0, 0), prior_method="expected_particles",
+                               prior=estimate / windows)
+        meta = json.loads((root / "metadata.json").read_text())
+        meta["priors"].update(hidden_windows_estimate=estimate, unlabeled_windows=windows)
+        (root / "metadata.json").write_text(json.dumps(meta))
+        shards.append(root)
+    assert read_prior(shards) == pytest.approx((4.0 + 6.0) / (10 + 30))
 
 
 def test_prior_outside_unit_interval_is_an_error(tmp_path):

@@ -178,3 +178,13 @@ def test_overlay_png_draws_circles_and_shrinks(tmp_path):
 def test_bench_prints_seconds_per_micrograph(capsys):
     results = bench_synthetic.main(["--sizes", "128", "--repeats", "1"])
     assert results[128][2] > 0 and "128 x 128:" in capsys.readouterr().out
+
+
+def test_blobs_centred_off_the_micrograph_add_nothing():
+    from datasets.synthetic import _sphere_thickness
+    canvas = np.zeros((64, 64))
+    _sphere_thickness(canvas, -25.5, 43.5, 10.3)   # entirely left of the micrograph
+    _sphere_thickness(canvas, 90.0, -30.0, 10.3)   # entirely right of and above it
+    assert not canvas.any()
+    _sphere_thickness(canvas, -5.0, 32.0, 10.0)    # half on it
+    assert canvas[:, :6].any() and not canvas[:, 6:].any()

@@ -64,12 +64,22 @@ def test_short_training_beats_chance_and_writes_the_run_dir(chunks, tmp_path):
     assert len(events.Scalars("val/auc")) == 4
 
 
-def test_resume_continues_the_same_run(chunks, tmp_path):
+def test_resume_continues_the_same_run(chunks, tmp_path, monkeypatch):
+    from training import engine
     train(chunks, tmp_path, name="straight", epochs=2)
-    train(chunks, tmp_path, name="split", epochs=1)
+    real_train_epoch = engine.train_epoch
+
+    def interrupted(run, epoch, skip, deadline):
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed at the start of the second epoch
+        return real_train_epoch(run, epoch, skip, deadline)
+    monkeypatch.setattr(engine, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(chunks, tmp_path, name="split", epochs=2)
     first = load_checkpoint(tmp_path / "split" / "last.pt")
     assert first["epoch"] == 1 and first["step"] == 8
-    train(chunks, tmp_path, name="split", epochs=2)  # a rerun resumes last.pt (epochs may grow)
+    monkeypatch.undo()
+    train(chunks, tmp_path, name="split", epochs=2)  # a rerun resumes last.pt
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "split" / "last.pt")
     assert resumed["step"] == straight["step"] == 16

@@ -7,7 +7,7 @@ from pathlib import Path
 from datasets.cryoem_chunked_dataset import read_metadata, read_prior
 from datasets.errors import InputError
 from training.engine import fit
-from utils.config import resolve_config, save_config
+from utils.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "pu_full_fixed.yaml"
@@ -19,7 +19,8 @@ def add_common_flags(parser):
     parser.add_argument("--exp-name", help="run name: experiments/<exp-name>/ (rerun resumes it)")
     parser.add_argument("--output-root", default="experiments", help="parent of the run dirs")
     parser.add_argument("--device", help="cuda, cuda:0 or cpu (default: cuda when available)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader worker processes (mmap/memory modes; on_demand reads in the main process)")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override any config key")
     return parser
 
@@ -36,7 +37,9 @@ def preprocessing_facts(data_dirs, input_size):
 def prepare(args, flags, use_data_prior):
     """Resolve the config, fix the prior, create the run dir and save config.yaml there."""
     config = resolve_config(DEFAULT_CONFIG, args.config, flags, args.set)
-    dirs = [str(d) for d in config["data"]["data_dir"]]
+    data_dir = config["data"]["data_dir"]
+    dirs = [str(data_dir)] if isinstance(data_dir, (str, Path)) else [str(d) for d in data_dir]
+    config["data"]["data_dir"] = dirs
     if use_data_prior and config["loss"]["mode"] != "pn":
         config["loss"]["prior"] = read_prior(dirs)
         config["loss"]["prior_source"] = "metadata prior_unlabeled of " + ", ".join(dirs)
@@ -45,7 +48,6 @@ def prepare(args, flags, use_data_prior):
     exp_name = args.exp_name or Path(args.config).stem
     run_dir = Path(args.output_root) / exp_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
     return config, run_dir, preprocessing_facts(dirs, config["data"]["input_size"])
 
 

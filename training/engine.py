@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from datasets.augment import strong_augment, weak_augment
+from datasets.cryoem_chunked_dataset import open_chunk_dirs
 from datasets.errors import InputError
 from losses import ConsistencyLoss, PNLoss, PULoss, check_prior
 from models import ModelEMA, build_model
@@ -25,7 +26,7 @@ from training.checkpoint import load_checkpoint, load_model_weights, save_checkp
 from training.data import TrainBatches, eval_subset, network_input
 from training.health import TrainingDiverged, check_finite, health_warnings
 from training.metrics import best_f1_threshold, patch_metrics
-from utils.config import diff_keys
+from utils.config import diff_keys, save_config
 from utils.files import atomic_write_json, git_sha
 
 RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.early_stopping_patience"}
@@ -96,9 +97,12 @@ def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch):
 
 def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=1, num_workers=0):
     data_cfg, train_cfg = config["data"], config["training"]
-    torch.manual_seed(train_cfg["seed"] + rank)
+    for split in ("val", "test"):  # fail now, not after training, when a split is missing
+        open_chunk_dirs(data_cfg["data_dir"], split)
     batches = TrainBatches(data_cfg, train_cfg, rank, world_size, num_workers, pin_memory=device.type == "cuda")
+    torch.manual_seed(train_cfg["seed"])  # the same initial weights (and EMA teacher) on every rank
     model = build_model(config["model"]["backbone"], config["model"]["dropout"]).to(device)
+    torch.manual_seed(train_cfg["seed"] + rank)
     if device.type == "cuda" and train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model, config["model"]["ema_decay"]) if config["model"]["use_ema"] else None
@@ -109,9 +113,8 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
             model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
     pu_loss, consistency = build_losses(config["loss"], prior)
     generator = torch.Generator(device=device).manual_seed(train_cfg["seed"] * 1000 + rank)
-    writer = SummaryWriter(str(run_dir)) if rank == 0 else None
     return Run(config, run_dir, device, model, ema, optimizer, scheduler, pu_loss, consistency, batches, prior,
-               preprocessing, generator, rank, world_size, writer)
+               preprocessing, generator, rank, world_size)
 
 
 def autocast(run):
@@ -204,10 +207,21 @@ def train_epoch(run, epoch, skip, deadline):
             window_sum, window_n = {}, 0
         if ckpt_every and run.progress["step"] % ckpt_every == 0:
             check_finite(float(parts["loss"]), run.progress["step"])
+            run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
+            run.progress["epoch_started"] = time.time()
             save_state(run, "last.pt", epoch, step_in_epoch)
-        if time.time() > deadline:
+        if agreed(run, time.time() > deadline):
             return _mean_parts(epoch_sum, max(n, 1)), True
     return _mean_parts(epoch_sum, max(n, 1)), False
+
+
+def agreed(run, flag):
+    """Rank 0's decision, on every rank (a decision taken apart would leave one rank waiting)."""
+    if run.world_size == 1:
+        return flag
+    decision = torch.tensor([float(flag)], device=run.device if run.device.type == "cuda" else "cpu")
+    dist.broadcast(decision, src=0)
+    return bool(decision.item())
 
 
 def log_train_window(run, means):
@@ -252,17 +266,20 @@ def save_state(run, name, epoch, step_in_epoch):
     save_checkpoint(run.run_dir / name, {
         "model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
+        "consistency": run.consistency.state_dict() if run.consistency else None,
         "epoch": epoch, "step": run.progress["step"], "step_in_epoch": step_in_epoch,
         "best_metric": run.progress["best_metric"], "best_epoch": run.progress["best_epoch"],
         "progress": run.progress, "config": run.config, "preprocessing": run.preprocessing,
-        "prior": run.prior, "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state()},
+        "prior": run.prior, "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None},
         "git_sha": git_sha()})
 
 
 def restore_state(run, path):
     """Continue a run from last.pt: same step, optimizer, scheduler, EMA, RNG and history."""
     state = load_checkpoint(path, map_location=run.device)
-    differing = [k for k in diff_keys(state["config"], run.config) if k not in RESUMABLE_CHANGES]
+    changed = diff_keys(state["config"], run.config)
+    differing = [k for k in changed if k not in RESUMABLE_CHANGES]
     if differing:
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
                          f"use another --exp-name or delete {run.run_dir}")
@@ -271,15 +288,26 @@ def restore_state(run, path):
     run.scheduler.load_state_dict(state["scheduler"])
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    run.generator.set_state(state["rng"]["augment"].cpu())
+    if run.consistency is not None:
+        run.consistency.load_state_dict(state["consistency"])
     run.progress = state["progress"]
-    return state["epoch"], state["step_in_epoch"]
+    if run.rank == 0:  # the saved streams are rank 0's; other ranks re-derive theirs from the step
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        run.generator.set_state(state["rng"]["augment"].cpu())
+        if state["rng"].get("cuda") is not None and run.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    else:
+        torch.manual_seed(run.config["training"]["seed"] + run.rank + run.progress["step"])
+        run.generator.manual_seed(run.config["training"]["seed"] * 1000 + run.rank + run.progress["step"])
+    epoch = state["epoch"]
+    if changed and run.progress["stopped"]:  # more epochs or time than the stopped run had: go on
+        run.progress["stopped"], epoch = None, min(epoch, run.progress["epochs_done"])
+    return epoch, state["step_in_epoch"]
 
 
 def new_progress():
     return {"step": 0, "best_metric": -1.0, "best_epoch": -1, "auc_history": [], "train_seconds": 0.0,
-            "stopped": None}
+            "stopped": None, "epochs_done": 0}
 
 
 def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings):
@@ -303,6 +331,7 @@ def end_epoch(run, epoch, parts, val):
     """Log the epoch, keep best.pt, check health; returns True when early stopping says stop."""
     progress, cfg = run.progress, run.config["training"]
     progress["auc_history"].append(val["auc"])
+    progress["epochs_done"] = epoch + 1
     is_best = val["auc"] > progress["best_metric"]
     if is_best:
         progress["best_metric"], progress["best_epoch"] = val["auc"], epoch
@@ -331,14 +360,17 @@ def train(run, start_epoch, skip):
     cfg = run.config["training"]
     budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else float("inf")
     for epoch in range(start_epoch, cfg["epochs"]):
-        started = time.time()
-        deadline = started + budget - run.progress["train_seconds"]
+        run.progress["epoch_started"] = time.time()
+        deadline = time.time() + budget - run.progress["train_seconds"]
         parts, out_of_time = train_epoch(run, epoch, skip, deadline)
         skip = 0
         check_finite(parts.get("loss", 0.0), run.progress["step"])
-        run.progress["train_seconds"] += time.time() - started
+        run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
         val, _, _ = evaluate(run, run.teacher, "val")
-        if end_epoch(run, epoch, parts, val):
+        if math.isnan(val["auc"]):
+            raise InputError("the val split holds only one class of true labels, so val AUC is undefined; "
+                             "preprocess with val micrographs that have particles and background")
+        if agreed(run, end_epoch(run, epoch, parts, val)):
             run.progress["stopped"] = f"early stopping after epoch {epoch + 1}"
             break
         if out_of_time:
@@ -396,6 +428,9 @@ def fit(config, run_dir, device_name=None, num_workers=0, prior=None, preprocess
         start_epoch, skip = restore_state(run, run_dir / "last.pt")
         if run.main:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {run.progress['step']}")
+    if run.main:
+        save_config(config, run_dir / "config.yaml")
+        run.writer = SummaryWriter(str(run_dir), purge_step=run.progress["step"] or None)
     try:
         if not run.progress["stopped"]:
             train(run, start_epoch, skip)
