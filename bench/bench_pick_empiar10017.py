@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from bench.bench_pick_speed import as_mrc
 
 REPO = Path(__file__).resolve().parents[1]
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
-TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "extract_s_per_mic": 41 / 5}
+TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "pick_s_per_mic": 41 / 5}
 
 
 def sh(cmd, log):
@@ -79,7 +80,8 @@ def topaz(args, out, log):
     work = out / "topaz"
     for split in ("train", "test"):
         (work / split).mkdir(parents=True, exist_ok=True)
-        sh(["topaz", "preprocess", "-s", "4", "-o", work / split, *sorted((Path(args.data_root) / split).glob("*.jpg"))], log)
+        mrcs = as_mrc(sorted((Path(args.data_root) / split).glob("*.jpg")), work / f"{split}_mrc")
+        sh(["topaz", "preprocess", "-s", "4", "-o", work / split, *mrcs], log)
     n_targets = topaz_targets(out / "chunks", work / "targets.txt")
     pi = 645 * 29 / (1024 * 1024)  # expected particles per micrograph x pixels within radius 3, over binned pixels
     train = sh(["topaz", "train", "--train-images", work / "train", "--train-targets", work / "targets.txt",
@@ -88,7 +90,7 @@ def topaz(args, out, log):
                 "--device", "-1", "--save-prefix", work / "model", "-o", work / "train_log.txt"], log)
     model = sorted(work.glob("model_epoch*.sav"))[-1]
     extract = sh(["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", model, "--device", "-1",
-                  "-o", work / "picks.txt", *sorted((work / "test").glob("*.png"))], log)
+                  "-o", work / "picks.txt", *sorted((work / "test").glob("*.mrc"))], log)
     picks = out / "picks_topaz"
     picks.mkdir(exist_ok=True)
     shutil.copy(work / "picks.txt", picks / "picks.txt")

@@ -7,7 +7,9 @@ each micrograph's RNG is seeded by (seed, its index in the whole dataset), so sh
 """
 import time
 import warnings
+from collections import deque
 from functools import partial
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -112,13 +114,20 @@ def ordered_results(function, items, num_workers):
     """function(item) for each item, in order, over a process pool when num_workers > 1.
 
     Workers are forked (no re-import, so two workers pay off even on a few micrographs) and do
-    numpy/Pillow/scipy work only.
+    numpy/Pillow/scipy work only. At most 2 x num_workers micrographs are in flight, so finished
+    results never pile up in memory when writing is slower than reading.
     """
     if num_workers <= 1:
         yield from map(function, items)
         return
+    items = iter(items)
     with get_context("fork").Pool(num_workers, initializer=_single_threaded_worker) as pool:
-        yield from pool.imap(function, items, chunksize=1)
+        pending = deque(pool.apply_async(function, (item,)) for item in islice(items, 2 * num_workers))
+        while pending:
+            result = pending.popleft().get()
+            for item in islice(items, 1):
+                pending.append(pool.apply_async(function, (item,)))
+            yield result
 
 
 def _consume(store, stream, table_row, position, result, strict):
@@ -151,20 +160,23 @@ def run_preprocessing(tool, config, records, sample_fn, *, output_dir, resume, n
     worker = partial(process_micrograph, scale=scale, clip_sigma=config["clip_sigma"], seed=config["seed"],
                      sample_fn=sample_fn)
     rows = {r.index: row for row, r in enumerate(records)}
-    with tqdm(total=len(records), desc=f"{tool}", unit="micrograph") as bar:
-        for split in SPLITS:
-            split_records = [r for r in records if r.split == split]
-            stream = SplitStream(store, split)
-            if stream.state["complete"]:
-                bar.update(len(split_records))
-                continue
-            first = stream.resume_position
-            bar.update(first)
-            todo = split_records[first:]
-            for position, result in enumerate(ordered_results(worker, todo, num_workers), start=first):
-                _consume(store, stream, rows[split_records[position].index], position, result, strict)
-                bar.update(1)
-            stream.finish(len(split_records))
+    streams = {split: SplitStream(store, split) for split in SPLITS}
+    sizes = {split: sum(r.split == split for r in records) for split in SPLITS}
+    jobs = []  # (split, position in split, record) still to do, in the order chunks are written
+    for split in SPLITS:
+        first = sizes[split] if streams[split].state["complete"] else streams[split].resume_position
+        jobs += [(split, position, r) for position, r in enumerate(r for r in records if r.split == split)
+                 if position >= first]
+    with tqdm(total=len(records), initial=len(records) - len(jobs), desc=f"{tool}", unit="micrograph") as bar:
+        results = ordered_results(worker, [record for _, _, record in jobs], num_workers)
+        for (split, position, record), result in zip(jobs, results):
+            _consume(store, streams[split], rows[record.index], position, result, strict)
+            if position == sizes[split] - 1:
+                streams[split].finish(sizes[split])
+            bar.update(1)
+    for split in SPLITS:  # splits with no micrographs left to read
+        if not streams[split].state["complete"]:
+            streams[split].finish(sizes[split])
     store.metadata["priors"] = priors_fn(store.metadata)
     store.metadata["complete"] = True
     store.save()
