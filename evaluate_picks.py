@@ -20,13 +20,12 @@ beside it.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from datasets.coordinates import micrograph_stem, read_coordinates
-from datasets.errors import InputError
+from datasets.errors import InputError, exit_on_input_error
 from picking.evaluate import precision_recall, save_pr_curve_png
 from utils.files import atomic_write_json
 
@@ -182,11 +181,8 @@ def print_summary(summary: dict, output: str) -> None:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
+    with exit_on_input_error():
         summary = run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
     print_summary(summary, args.output)
     return summary
 

@@ -12,11 +12,10 @@ The physics is described in datasets/synthetic.py. Example:
   python make_synthetic_dataset.py --out data/synthetic --num-workers 2
 """
 import argparse
-import sys
 import time
 from dataclasses import fields
 
-from datasets.errors import InputError
+from datasets.errors import exit_on_input_error
 from datasets.synthetic import SyntheticConfig, config_from_args, write_dataset
 
 HELP = {
@@ -61,11 +60,8 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.perf_counter()
-    try:
+    with exit_on_input_error():
         summary = write_dataset(config_from_args(args), args.out, args.num_workers)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     seconds = time.perf_counter() - start
     for split, counts in summary["counts"].items():
         print(f"{split:5s}: {counts['micrographs']} micrographs, {counts['particles']} particles "

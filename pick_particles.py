@@ -24,7 +24,6 @@ every micrograph; a rerun skips micrographs already done), overlays/<stem>.png f
 """
 import argparse
 import glob
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.coordinates import micrograph_stem
-from datasets.errors import InputError
+from datasets.errors import InputError, exit_on_input_error
 from datasets.micrographs import list_micrographs
 from datasets.overlay import save_overlay_png
 from datasets.preprocess_run import to_scaled
@@ -218,11 +217,8 @@ def print_summary(summary: dict) -> None:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
+    with exit_on_input_error():
         summary = run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
     print_summary(summary)
     return summary
 

@@ -17,11 +17,10 @@ estimated from --expected-particles per micrograph.
 """
 import argparse
 import math
-import sys
 from functools import partial
 from pathlib import Path
 
-from datasets.errors import InputError
+from datasets.errors import InputError, exit_on_input_error
 from datasets.layout import dataset_diameter, load_dataset
 from datasets.patch_sampling import sliding_window_samples
 from datasets.preprocess_run import (add_preprocessing_flags, counted_prior, parse_shard, positive_fraction,
@@ -102,13 +101,10 @@ def sliding_sampler(image, particles_xy, truth_xy, known_negative_xy, rng, *, tr
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
+    with exit_on_input_error():
         config = resolve(args)
         shard = parse_shard(args.shard)
         summary = run(config, args, shard)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
     print_summary(summary)
     return summary
 

@@ -17,12 +17,11 @@ positives / all patches, kept for comparison only.
         --patch-size 128 --hide-ratio 0.3 --neg-per-pos 1.0 --seed 42
 """
 import argparse
-import sys
 import warnings
 from functools import partial
 from pathlib import Path
 
-from datasets.errors import InputError
+from datasets.errors import InputError, exit_on_input_error
 from datasets.layout import dataset_diameter, load_dataset
 from datasets.patch_sampling import coco_pu_samples
 from datasets.preprocess_run import (add_preprocessing_flags, counted_prior, parse_shard, positive_fraction,
@@ -124,12 +123,9 @@ def print_guide_summary(summary):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
+    with exit_on_input_error():
         config = resolve(args)
         summary = run(config, args, parse_shard(args.shard))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
     print_summary(summary)
     print_guide_summary(summary)
     return summary

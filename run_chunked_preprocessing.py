@@ -7,11 +7,10 @@ the config's output_dir) unless --output-dir says otherwise. Flags after `--` go
 unchanged. At the end it prints the size measured on disk, per split, not an estimate.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import preprocess_chunked
-from datasets.errors import InputError
+from datasets.errors import InputError, exit_on_input_error
 from utils.config import load_yaml
 from utils.files import human_bytes
 
@@ -38,13 +37,10 @@ def profile_for(config_path, ratio):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
+    with exit_on_input_error():
         name = profile_for(args.config, args.ratio)
         default_out = Path(load_yaml(args.config).get("data", {}).get("output_dir") or "data/chunks")
         output_dir = args.output_dir or str(Path(args.output_root or default_out.parent) / f"ratio_{args.ratio:g}")
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
     forwarded = ["--config", args.config, "--ratio", str(args.ratio), "--output-dir", output_dir]
     forwarded += ["--data-root", args.data_root] if args.data_root else []
     print(f"profile '{name}': negative ratio {args.ratio:g} -> {output_dir}")

@@ -14,7 +14,6 @@ The training benchmark imports `bench_loader_modes` and `disk_sequential_read_mb
 """
 import argparse
 import os
-import sys
 from contextlib import closing
 from itertools import islice
 from time import perf_counter
@@ -22,7 +21,7 @@ from time import perf_counter
 import torch
 
 from datasets.cryoem_chunked_dataset import MODES, ChunkStream, CryoEMChunkedDataset, open_chunk_dirs
-from datasets.errors import InputError
+from datasets.errors import exit_on_input_error
 
 
 def drop_page_cache(paths):
@@ -117,12 +116,9 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
+    with exit_on_input_error():
         results = bench_loader_modes(args.data_dir, args.split, args.batch_size, args.batches, args.buffer_size,
                                      args.modes)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
     print(f"loader on {', '.join(args.data_dir)} [{args.split}]: {results['samples']} samples of "
           f"{results['patch_size']} px, batch {args.batch_size}, {args.batches} batches per mode")
     print("\n".join(format_table(results)))

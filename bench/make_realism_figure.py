@@ -10,7 +10,6 @@ Output: a PNG of three panels (real | synthetic raw | synthetic denoised), each 
 (hidden positives) in orange.
 """
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from datasets.coordinates import read_coco
-from datasets.errors import InputError
+from datasets.errors import InputError, exit_on_input_error
 from datasets.micrographs import read_micrograph
 from datasets.overlay import GREEN, overlay_image
 from datasets.synthetic import SPECIES_STREAM, SPLITS, SyntheticConfig, generate_micrograph, make_species
@@ -90,13 +89,10 @@ def _palette():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     config = SyntheticConfig()
-    try:
+    with exit_on_input_error():
         panels = [real_panel(args.empiar, args.panel),
                   synthetic_panel(config, args.split, args.index, args.panel),
                   synthetic_panel(replace(config, denoised=True), args.split, args.index, args.panel)]
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compose(panels, args.panel).save(out, optimize=True)

@@ -1,11 +1,10 @@
 """What both training scripts share: flags, config resolution, the prior and the run dir."""
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from datasets.cryoem_chunked_dataset import read_metadata, read_prior
-from datasets.errors import InputError
+from datasets.errors import exit_on_input_error
 from training.engine import fit
 from utils.config import resolve_config
 
@@ -52,13 +51,10 @@ def prepare(args, flags, use_data_prior):
 
 
 def run_training(args, flags, use_data_prior):
-    try:
+    with exit_on_input_error():
         config, run_dir, preprocessing = prepare(args, flags, use_data_prior)
         print(f"run dir {run_dir}; prior pi = {config['loss']['prior']:.4f} ({config['loss']['prior_source']})")
         results = fit(config, run_dir, args.device, args.num_workers, config["loss"]["prior"], preprocessing)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
     if results is not None:
         print_results(results, run_dir)
     return results
