@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datasets.layout import dataset_diameter, load_dataset
 from datasets.micrographs import read_micrograph
-from datasets.preprocess_run import prepare_micrograph
+from datasets.micrographs import prepare_micrograph
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """

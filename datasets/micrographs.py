@@ -1,9 +1,9 @@
 """Read micrographs (MRC, JPEG, PNG, TIFF), resample them and normalise them to uint8.
 
-`load_micrograph` is the one entry point that preprocessing and picking both call, so a
+`prepare_micrograph` is the one step that preprocessing and picking both apply after reading, so a
 micrograph seen at picking time is byte-for-byte the micrograph the model was trained on:
-read as float32 (H, W) -> resample by `scale` (anti-aliased when shrinking) -> clip to
-median +- clip_sigma robust sigmas and map to 0..255.
+float32 (H, W) -> resample by `scale` (anti-aliased when shrinking) -> clip to median +-
+clip_sigma robust sigmas and map to 0..255.
 
 Arrays are indexed [row, column]: x = column, y = row, row 0 is the first row of the file as read.
 """
@@ -155,6 +155,11 @@ def normalize_to_uint8(image, clip_sigma=4.0):
     return np.rint(mapped, out=mapped).astype(np.uint8)
 
 
-def load_micrograph(path, scale=1.0, clip_sigma=4.0):
-    """The micrograph at `path` read, resampled by `scale` and normalised to uint8 (H', W')."""
-    return normalize_to_uint8(rescale(read_micrograph(path), scale), clip_sigma)
+def prepare_micrograph(image, scale, clip_sigma):
+    """Rescale then normalise to uint8: what preprocessing and picking both do to a micrograph.
+
+    Returns (uint8 image, (scale_x, scale_y)) with the exact per-axis scales of the resampled grid.
+    """
+    height, width = image.shape
+    prepared = normalize_to_uint8(rescale(image, scale), clip_sigma=clip_sigma)
+    return prepared, (prepared.shape[1] / width, prepared.shape[0] / height)

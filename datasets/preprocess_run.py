@@ -20,7 +20,7 @@ from datasets.chunk_writer import ChunkStore, SplitStream, prepare_output_dir
 from datasets.coordinates import drop_outside
 from datasets.errors import InputError
 from datasets.layout import SPLITS
-from datasets.micrographs import normalize_to_uint8, read_micrograph, rescale
+from datasets.micrographs import prepare_micrograph, read_micrograph
 from utils.files import bytes_on_disk, peak_rss_mb
 
 
@@ -32,16 +32,6 @@ def to_scaled(xy, scale_xy):
 def to_original(xy, scale_xy):
     """Rescaled-micrograph pixels -> original-micrograph pixels (inverse of to_scaled)."""
     return (np.asarray(xy, dtype=np.float64) + 0.5) / np.asarray(scale_xy) - 0.5
-
-
-def prepare_micrograph(image, scale, clip_sigma):
-    """Rescale then normalise to uint8: what preprocessing and picking both do to a micrograph.
-
-    Returns (uint8 image, (scale_x, scale_y)) with the exact per-axis scales of the resampled grid.
-    """
-    height, width = image.shape
-    prepared = normalize_to_uint8(rescale(image, scale), clip_sigma=clip_sigma)
-    return prepared, (prepared.shape[1] / width, prepared.shape[0] / height)
 
 
 def add_preprocessing_flags(parser, default_config):

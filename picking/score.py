@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from datasets.augment import resize, to_float
 from datasets.errors import InputError
 from datasets.micrographs import read_micrograph
-from datasets.preprocess_run import prepare_micrograph, to_original
+from datasets.micrographs import prepare_micrograph
+from datasets.preprocess_run import to_original
 from models.resnet import build_model
 from picking.nms import nms_points, peak_picks
 from training.checkpoint import load_checkpoint, load_model_weights

@@ -8,7 +8,8 @@ import torch
 
 import pick_particles
 from datasets.coordinates import read_coco, read_coordinates
-from datasets.preprocess_run import prepare_micrograph, to_scaled
+from datasets.micrographs import prepare_micrograph
+from datasets.preprocess_run import to_scaled
 from datasets.synthetic import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
 from models.resnet import build_model
 from picking.evaluate import precision_recall

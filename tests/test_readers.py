@@ -14,7 +14,7 @@ from datasets.coordinates import (
     write_topaz_txt)
 from datasets.errors import InputError
 from datasets.micrographs import (
-    list_micrographs, load_micrograph, micrograph_size, normalize_to_uint8, read_micrograph, rescale)
+    list_micrographs, micrograph_size, prepare_micrograph, normalize_to_uint8, read_micrograph, rescale)
 
 RELION_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "relion_autopick_sample"
 
@@ -140,11 +140,11 @@ def test_rescale_is_anti_aliased():
     assert rescale(checkerboard, 0.3).std() < 0.05 * checkerboard.std()
 
 
-def test_load_micrograph_composes_read_rescale_normalize(tmp_path):
+def test_prepare_micrograph_composes_rescale_normalize(tmp_path):
     image = np.random.default_rng(2).normal(0, 1, (64, 96)).astype(np.float32)
     mrcfile.new(tmp_path / "m.mrc", image).close()
-    loaded = load_micrograph(tmp_path / "m.mrc", scale=0.5, clip_sigma=3.0)
-    assert loaded.shape == (32, 48) and loaded.dtype == np.uint8
+    loaded, scale_xy = prepare_micrograph(read_micrograph(tmp_path / "m.mrc"), 0.5, 3.0)
+    assert loaded.shape == (32, 48) and loaded.dtype == np.uint8 and scale_xy == (0.5, 0.5)
     np.testing.assert_array_equal(loaded, normalize_to_uint8(rescale(image, 0.5), 3.0))
 
 

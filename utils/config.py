@@ -72,13 +72,6 @@ def set_dotted(nested, dotted, value):
     node[leaf] = value
 
 
-def get_dotted(config, dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def resolve_config(defaults_path, user_path=None, flag_values=None, overrides=None):
     """defaults YAML <- user YAML <- named CLI flags (dotted keys, None = not given) <- --set items."""
     config = load_yaml(defaults_path)
