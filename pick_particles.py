@@ -24,6 +24,7 @@ every micrograph; a rerun skips micrographs already done), overlays/<stem>.png f
 """
 import argparse
 import glob
+import hashlib
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ from picking.score import SCORING_METHODS, load_picker, pick_prepared, prepare_f
 from picking.writers import FORMATS, is_done, open_manifest, record, write_combined_coco, write_picks
 
 DEFAULT_THRESHOLD = -6.0
-PICK_SETTINGS = ("stride", "min_distance_px", "threshold", "expected_particles", "edge_margin_px", "scoring",
+PICK_SETTINGS = ("checkpoint_sha256", "stride", "min_distance_px", "threshold", "expected_particles", "edge_margin_px", "scoring",
                  "precision")
 
 
@@ -129,8 +130,17 @@ def read_ahead(paths, preprocessing):
             yield path, result
 
 
+def file_sha256(path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def pick_settings(args, preprocessing, device) -> dict:
-    """The resolved settings (distances in original px, stride in rescaled px) recorded in the manifest."""
+    """The resolved settings (distances in original px, stride in rescaled px) recorded in the manifest.
+
+    The checkpoint's sha256 is among them: a model retrained into the same best.pt makes a rerun refuse
+    the folder's old picks instead of counting them as done.
+    """
     diameter = float(preprocessing["particle_diameter_px"])
     factor = max(1, preprocessing["patch_size"] // preprocessing["input_size"])
     rescaled_diameter = diameter * preprocessing["scale"]
@@ -141,7 +151,8 @@ def pick_settings(args, preprocessing, device) -> dict:
                         ("--expected-particles", 1 if args.expected_particles is None else args.expected_particles)):
         if value <= 0:
             raise InputError(f"{name} {value} must be positive")
-    return {"stride": stride, "min_distance_px": args.min_distance_fraction * diameter,
+    return {"checkpoint_sha256": file_sha256(args.checkpoint), "stride": stride,
+            "min_distance_px": args.min_distance_fraction * diameter,
             "threshold": args.threshold, "expected_particles": args.expected_particles,
             "edge_margin_px": edge_margin, "diameter_px": diameter,
             "scoring": scoring_method(preprocessing["patch_size"], preprocessing["input_size"], stride, args.scoring),

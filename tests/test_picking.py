@@ -169,6 +169,19 @@ def test_rerun_with_other_settings_is_refused(checkpoint, synthetic, tmp_path, c
     assert "threshold" in capsys.readouterr().err
 
 
+def test_rerun_with_a_retrained_checkpoint_at_the_same_path_is_refused(synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    path = make_checkpoint(tmp_path / "best.pt", SMALL_PREPROCESSING)
+    pick_cli(path, folder / "synthetic_0.mrc", tmp_path / "picks", "--stride", "16")
+    retrained = torch.load(path, weights_only=False)
+    retrained["model"] = {name: value + 0.01 if value.is_floating_point() else value
+                          for name, value in retrained["model"].items()}
+    save_checkpoint(path, retrained)
+    with pytest.raises(SystemExit) as exit_info:
+        pick_cli(path, folder / "synthetic_0.mrc", tmp_path / "picks", "--stride", "16")
+    assert exit_info.value.code == 2 and "checkpoint_sha256" in capsys.readouterr().err
+
+
 def test_unreadable_micrograph_is_skipped_and_counted(checkpoint, synthetic, tmp_path):
     folder, _ = synthetic
     mixed = tmp_path / "mixed"
