@@ -9,7 +9,10 @@ metadata.json with the micrograph table, counts and the priors.
 Per train micrograph: a seeded `hide_ratio` of the particles is hidden (their particle-centred patches
 go to the unlabeled set), the rest are labeled positives; `neg_per_pos` negatives per particle are cut at
 distinct positions at least `neg_min_distance` diameters from every annotated particle (dense micrographs
-may hold fewer: the achieved ratio is recorded). Val/test keep true labels for evaluation.
+may hold fewer: the achieved ratio is recorded), and `offcentre_per_pos` off-centre negatives per particle
+are cut `offcentre_distance` (low, high) diameters beside a particle and at least `low` from every
+particle, so the classifier learns where a particle's centre is and picks do not ring each particle.
+Val/test keep true labels for evaluation.
 prior_unlabeled = hidden / (hidden + background) is the pi nnPU needs; positive_fraction is the guide's
 positives / all patches, kept for comparison only.
 
@@ -38,6 +41,8 @@ FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
              "particle_diameter": "preprocessing.particle_diameter",
              "native_resolution": "preprocessing.native_resolution", "hide_ratio": "preprocessing.hide_ratio",
              "neg_per_pos": "preprocessing.neg_per_pos", "neg_min_distance": "preprocessing.neg_min_distance",
+             "offcentre_per_pos": "preprocessing.offcentre_per_pos",
+             "offcentre_distance": "preprocessing.offcentre_distance",
              "max_images_train": "preprocessing.max_images_train", "chunk_size": "preprocessing.chunk_size",
              "seed": "preprocessing.seed"}
 
@@ -48,6 +53,9 @@ def get_args_parser():
     parser.add_argument("--hide-ratio", type=float, help="fraction of train particles hidden as unlabeled")
     parser.add_argument("--neg-per-pos", type=float, help="negatives per particle")
     parser.add_argument("--neg-min-distance", type=float, help="negatives at least this x diameter away")
+    parser.add_argument("--offcentre-per-pos", type=float, help="off-centre negatives per particle (0 = none)")
+    parser.add_argument("--offcentre-distance", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="off-centre negatives lie LOW..HIGH x diameter beside a particle")
     parser.add_argument("--max-images-train", type=int, help="use only the first N train micrographs")
     return parser
 
@@ -60,6 +68,13 @@ def resolve(args):
         raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
     if pre["neg_per_pos"] < 0 or pre["neg_min_distance"] < 0:
         raise InputError("--neg-per-pos and --neg-min-distance must not be negative")
+    distance = pre["offcentre_distance"]
+    if not (isinstance(distance, (list, tuple)) and len(distance) == 2):
+        raise InputError(f"offcentre_distance {distance!r} must be two numbers [LOW, HIGH] (diameters)")
+    low, high = distance
+    if pre["offcentre_per_pos"] < 0 or not 0 < low < high:
+        raise InputError(f"--offcentre-per-pos {pre['offcentre_per_pos']} must not be negative and "
+                         f"--offcentre-distance {low} {high} must satisfy 0 < LOW < HIGH (diameters)")
     return config
 
 
@@ -74,6 +89,8 @@ def coco_priors(metadata):
             "positive_fraction": positive_fraction(counts),
             "neg_per_pos_requested": metadata["config"]["neg_per_pos"],
             "neg_per_pos_achieved": found / particles if particles else 0.0,
+            "offcentre_per_pos_achieved": (sum(m.get("offcentre_found", 0) for m in done) / particles
+                                           if particles else 0.0),
             "negatives_short": wanted - found}
 
 
@@ -96,7 +113,8 @@ def run(config, args, shard):
         records = [r for r in records if r.index % shard[1] == shard[0]]
     sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=diameter * scale,
                       hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
-                      neg_min_distance=pre["neg_min_distance"])
+                      neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
+                      offcentre_distance=tuple(pre["offcentre_distance"]))
     stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()),
               "annotations": data["annotations"], "known_negatives": data["known_negatives"], "shard": args.shard,
               "particle_diameter_px": diameter, "scale": scale, "label_source": report["label_source"]}

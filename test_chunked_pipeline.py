@@ -22,6 +22,7 @@ import preprocess_coco_full_dataset  # noqa: E402
 import run_chunked_preprocessing  # noqa: E402
 from datasets import chunk_writer  # noqa: E402
 from datasets.coordinates import make_particles, read_coco, write_coco, write_cryoppp_csv  # noqa: E402
+from datasets.patch_sampling import offcentre_negatives  # noqa: E402
 
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
 SIZE, DIAMETER = 256, 24
@@ -103,12 +104,17 @@ def test_coco_counts_priors_and_positions(tiny, tmp_path):
     # every positive patch is centred on an annotated particle (original pixels, within rounding)
     centres = {stem: v[:, :2] for stem, v in table.items()}
     stems = [m["stem"] for m in meta["micrographs"]]
+    n_offcentre = 0
     for xy, mic, t in zip(train["xy"].numpy(), train["micrograph"].numpy(), types):
         d, _ = cKDTree(centres[stems[mic]]).query(xy)
         if t in (0, 1):
             assert d <= 1.5
-        else:  # negatives keep >= 1.5 diameters from every particle (1 rescaled px of rounding)
-            assert d >= 1.5 * DIAMETER - 2.0
+        else:  # far negatives >= 1.5 diameters from every particle, off-centre ones 0.5-1.0 (2 px of rounding)
+            offcentre = 0.5 * DIAMETER - 2.0 <= d <= 1.0 * DIAMETER + 2.0
+            assert d >= 1.5 * DIAMETER - 2.0 or offcentre
+            n_offcentre += offcentre
+    assert n_offcentre == sum(m["offcentre_found"] for m in meta["micrographs"] if m["split"] == "train") > 0
+    assert meta["priors"]["offcentre_per_pos_achieved"] == pytest.approx(n_offcentre / n_particles)
     # the patch centre pixel is dark (a particle) for positives, on average
     centre = train["patches"][:, 16, 16].float()
     assert centre[torch.from_numpy(types == 0)].mean() < centre[torch.from_numpy(types == 2)].mean() - 20
@@ -144,6 +150,34 @@ def test_dense_micrographs_record_achieved_negative_ratio(tiny, tmp_path):
         summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--neg-per-pos", "50"))
     priors = summary["priors"]
     assert priors["negatives_short"] > 0 and priors["neg_per_pos_achieved"] < 50
+
+
+def test_offcentre_negatives_sit_beside_particles_and_on_none():
+    rng = np.random.default_rng(3)
+    particles = rng.uniform(100, 900, (60, 2))
+    centres = offcentre_negatives(particles, rng, count=60, diameter=40, distance=(0.5, 1.0), height=1000,
+                                  width=1000)
+    assert centres.shape == (60, 2) and centres.dtype == np.int64
+    distance, _ = cKDTree(particles).query(centres)
+    assert distance.min() >= 0.5 * 40 - 1e-6 and distance.max() <= 1.0 * 40 + 1.0
+    crowded = np.stack(np.meshgrid(np.arange(0, 200, 10), np.arange(0, 200, 10)), -1).reshape(-1, 2)
+    assert len(offcentre_negatives(crowded.astype(float), rng, count=50, diameter=40, distance=(0.5, 1.0),
+                                   height=200, width=200)) == 0  # no free place: none, not a wrong one
+
+
+def test_offcentre_off_gives_only_far_negatives_and_bad_range_is_refused(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-per-pos", "0"))
+    meta, train = load_split(out, "train")
+    assert summary["priors"]["offcentre_per_pos_achieved"] == 0
+    table, _ = read_coco(tiny / "annotations" / "instances_train.json")
+    stems = [m["stem"] for m in meta["micrographs"]]
+    background = train["sample_type"].numpy() == 2
+    for xy, mic in zip(train["xy"].numpy()[background], train["micrograph"].numpy()[background]):
+        assert cKDTree(table[stems[mic]][:, :2]).query(xy)[0] >= 1.5 * DIAMETER - 2.0
+    with pytest.raises(SystemExit):
+        preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "bad", "--offcentre-distance", "1.0", "0.5"))
+    assert "--offcentre-distance 1.0 0.5 must satisfy 0 < LOW < HIGH" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- sliding windows

@@ -112,15 +112,43 @@ def negative_candidates(height, width, particles_xy, *, size, spacing, min_dista
     return grid
 
 
-def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
-                    hide_ratio, neg_per_pos, neg_min_distance, train):
-    """The COCO PU split of one micrograph (particle-centred positives, hidden positives, far negatives).
+def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height, width):
+    """`count` window centres (x, y) next to particles but off their centres: each lies `distance` =
+    (low, high) diameters from a randomly drawn particle, in a random direction, inside the micrograph,
+    and at least `low` diameters from every particle, so it is centred on none.
 
-    Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; negatives are
-    `neg_per_pos` per particle, at distinct grid positions >= `neg_min_distance` diameters from every
-    annotated particle; rejected picks (PUFP) become known negatives. Val/test: every particle is a
-    positive, negatives by the same rule, labels true. `truth_xy` (all particles, when known) sets
-    true_label, so a negative that lands on an unannotated particle is marked a hidden positive.
+    They teach the classifier where a particle's centre is. Trained on centred positives and far
+    background alone, its score stays high half a diameter off-centre, and non-maximum suppression then
+    keeps a ring of false picks around each particle (on EMPIAR-10017, most high-scoring false picks lay
+    0.5-1 diameter from a particle). May return fewer than `count` in crowded micrographs.
+    """
+    low, high = distance[0] * diameter, distance[1] * diameter
+    if count == 0 or len(particles_xy) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    draws = 4 * count
+    anchors = particles_xy[rng.integers(len(particles_xy), size=draws)]
+    angle = rng.uniform(0.0, 2.0 * np.pi, draws)
+    radius = rng.uniform(low, high, draws)
+    centres = np.rint(anchors + radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1))
+    centres = centres.astype(np.int64)
+    inside = (centres >= 0).all(axis=1) & (centres[:, 0] < width) & (centres[:, 1] < height)
+    centres = centres[inside]
+    centres = centres[~near(centres, particles_xy, low - 1e-9)]
+    return centres[:count]
+
+
+def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
+                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos=0.0,
+                    offcentre_distance=(0.5, 1.0), train):
+    """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
+
+    Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
+    are `neg_per_pos` per particle, at distinct grid positions >= `neg_min_distance` diameters from every
+    annotated particle; off-centre negatives are `offcentre_per_pos` per particle, `offcentre_distance`
+    diameters beside one (offcentre_negatives); both go to the unlabeled set; rejected picks (PUFP)
+    become known negatives. Val/test: every particle is a positive, negatives by the same rules, labels
+    true. `truth_xy` (all particles, when known) sets true_label, so a negative that lands on an
+    unannotated particle is marked a hidden positive.
     """
     height, width = image.shape
     n = len(particles_xy)
@@ -136,6 +164,11 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
                                      spacing=diameter / 4, min_distance=neg_min_distance * diameter)
     take = min(wanted, len(candidates))
     negatives = candidates[np.sort(rng.choice(len(candidates), size=take, replace=False))] if take else candidates[:0]
+    offcentre_wanted = int(round(offcentre_per_pos * n))
+    offcentre = offcentre_negatives(particles_xy, rng, count=offcentre_wanted, diameter=diameter,
+                                    distance=offcentre_distance, height=height, width=width)
+    negatives = np.concatenate([negatives, offcentre])
+    take = len(negatives)
     on_particle = near(negatives, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(take, bool)
     parts = [
         _samples(image, centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
@@ -150,5 +183,6 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
         k = len(centres_kn)
         parts.append(_samples(image, centres_kn, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
                               np.zeros(k), size))
-    stats = {"negatives_wanted": wanted, "negatives_found": int(take), "hidden": int(n_hide)}
+    stats = {"negatives_wanted": wanted, "negatives_found": int(take - len(offcentre)),
+             "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide)}
     return concat_samples(parts, size), stats
