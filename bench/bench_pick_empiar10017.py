@@ -8,7 +8,10 @@ Topaz (where `topaz` is installed): the same labels, GE-binomial, 4x binning, --
 particle count, extract radius 14 binned px, threshold -6; scored by OUR evaluator too.
 Prints both AUPRCs, best F1s (with precision and recall there) and picking seconds per micrograph.
 
-    python -m bench.bench_pick_empiar10017 --out bench_runs/empiar10017 [--topaz-epochs 10]
+    python -m bench.bench_pick_empiar10017 --out bench_runs/empiar10017 [--pickers ours topaz] [--topaz-epochs 10]
+
+Both pickers learn from the same chunks (out/chunks: preprocessed once, resumed when present), so one
+of them can be rerun alone with --pickers; the other's row is then read from out/bench_summary.json.
 """
 import argparse
 import json
@@ -37,10 +40,15 @@ def sh(cmd, log):
     return time.time() - start
 
 
+def prepare_chunks(args, out, log):
+    """The PU split both pickers learn from (a rerun resumes, so finished chunks are kept)."""
+    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", args.data_root, "--output-dir",
+        out / "chunks", "--hide-ratio", "0.3", "--seed", "42", "--num-workers", "2",
+        *(["--set", *args.preprocess_set] if args.preprocess_set else [])], log)
+
+
 def ours(args, out, log):
     chunks, runs = out / "chunks", out / "experiments"
-    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", args.data_root, "--output-dir", chunks,
-        "--hide-ratio", "0.3", "--seed", "42", "--num-workers", "2"], log)
     train = sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", chunks,
                 "--exp-name", args.exp_name, "--output-root", runs, "--use-data-prior", "--device", "cpu",
                 *(["--set", *args.set] if args.set else [])], log)
@@ -75,7 +83,8 @@ def topaz_targets(chunks, path):
 
 
 def topaz(args, out, log):
-    if shutil.which("topaz") is None or args.topaz_epochs == 0:
+    if shutil.which("topaz") is None:
+        print("topaz is not installed (pip install topaz-em): Topaz is not run")
         return None
     work = out / "topaz"
     for split in ("train", "test"):
@@ -112,23 +121,42 @@ def main(argv=None):
     parser.add_argument("--config", default="configs/cpu_benchmark.yaml")
     parser.add_argument("--exp-name", default="cpu_benchmark")
     parser.add_argument("--set", nargs="+", default=[], help="config overrides for our training")
-    parser.add_argument("--topaz-epochs", type=int, default=10, help="0 = do not run Topaz")
+    parser.add_argument("--preprocess-set", nargs="+", default=[],
+                        help="config overrides for the PU split, e.g. preprocessing.offcentre_per_pos=0")
+    parser.add_argument("--pickers", nargs="+", choices=("ours", "topaz"), default=["ours", "topaz"],
+                        help="which pickers to train and score now (the other's last result is reused)")
+    parser.add_argument("--topaz-epochs", type=int, default=10)
     parser.add_argument("--topaz-epoch-size", type=int, default=500)
     args = parser.parse_args(argv)
+    if args.topaz_epochs < 1 or args.topaz_epoch_size < 1:
+        parser.error("--topaz-epochs and --topaz-epoch-size must be at least 1 (leave Topaz out with --pickers ours)")
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "bench.log"
-    mine = ours(args, out, log)
-    theirs = topaz(args, out, log)
-    print(f"\nEMPIAR-10017, 5 test micrographs, {mine['summary']['n_targets']} particles, matched within "
-          f"{mine['summary']['radius']:g} px (our evaluator for both)")
+    summary_path = out / "bench_summary.json"
+    results = json.loads(summary_path.read_text()) if summary_path.is_file() else {"ours": None, "topaz": None}
+    prepare_chunks(args, out, log)
+    if "ours" in args.pickers:
+        results["ours"] = ours(args, out, log)
+    if "topaz" in args.pickers:
+        results["topaz"] = topaz(args, out, log)
+    summary_path.write_text(json.dumps(results, indent=2, default=float))
+    print_table(results, args.config)
+
+
+def print_table(results, config):
+    mine, theirs = results["ours"], results["topaz"]
+    first = mine or theirs
+    if first:
+        print(f"\nEMPIAR-10017, 5 test micrographs, {first['summary']['n_targets']} particles, matched within "
+              f"{first['summary']['radius']:g} px (our evaluator for both)")
     print(f"{'picker':30s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'train s':>9s} "
           f"{'pick s/mic':>12s}")
-    print(row("ours (" + Path(args.config).stem + ")", mine))
+    if mine:
+        print(row("ours (" + Path(config).stem + ")", mine))
     if theirs:
         print(row(f"Topaz GE-binomial ({theirs['epochs']}x{theirs['epoch_size']})", theirs))
     print(row("Topaz reference (issue 5)", {**TOPAZ_REFERENCE, "train_s": 2476}))
-    (out / "bench_summary.json").write_text(json.dumps({"ours": mine, "topaz": theirs}, indent=2, default=float))
 
 
 if __name__ == "__main__":
