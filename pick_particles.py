@@ -43,8 +43,8 @@ from picking.score import SCORING_METHODS, load_picker, pick_prepared, prepare_f
 from picking.writers import FORMATS, is_done, open_manifest, record, write_combined_coco, write_picks
 
 DEFAULT_THRESHOLD = -6.0
-PICK_SETTINGS = ("checkpoint_sha256", "stride", "min_distance_px", "threshold", "expected_particles", "edge_margin_px", "scoring",
-                 "precision")
+PICK_SETTINGS = ("checkpoint_sha256", "stride", "min_distance_px", "threshold", "expected_particles",
+                 "edge_margin_px", "scoring", "precision")
 
 
 def fast_bf16(device):

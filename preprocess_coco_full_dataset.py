@@ -84,13 +84,13 @@ def coco_priors(metadata):
     done = [m for m in metadata["micrographs"] if m.get("split") == "train" and m.get("status") == "done"]
     wanted = sum(m["negatives_wanted"] for m in done)
     found = sum(m["negatives_found"] for m in done)
+    offcentre = sum(m["offcentre_found"] for m in done)
     particles = sum(m["n_particles"] for m in done)
     return {"prior_unlabeled": counted_prior(counts), "method": "counted",
             "positive_fraction": positive_fraction(counts),
             "neg_per_pos_requested": metadata["config"]["neg_per_pos"],
             "neg_per_pos_achieved": found / particles if particles else 0.0,
-            "offcentre_per_pos_achieved": (sum(m.get("offcentre_found", 0) for m in done) / particles
-                                           if particles else 0.0),
+            "offcentre_per_pos_achieved": offcentre / particles if particles else 0.0,
             "negatives_short": wanted - found}
 
 

@@ -68,7 +68,7 @@ def main(argv=None):
     run.progress = new_progress()
     batches = run.batches.epoch(0)
     sample = next(batches)
-    x = network_input(sample["patches"], config["data"]["input_size"], device, False)
+    x = network_input(sample["patches"], config["data"]["input_size"], device)
     augment = timed(lambda: (weak_augment(x, generator=run.generator), strong_augment(x, generator=run.generator)),
                     args.steps, device)
     step = timed(lambda: train_step(run, sample), args.steps, device)

@@ -138,8 +138,7 @@ def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height,
 
 
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
-                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos=0.0,
-                    offcentre_distance=(0.5, 1.0), train):
+                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance, train):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
 
     Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
@@ -168,14 +167,14 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     offcentre = offcentre_negatives(particles_xy, rng, count=offcentre_wanted, diameter=diameter,
                                     distance=offcentre_distance, height=height, width=width)
     negatives = np.concatenate([negatives, offcentre])
-    take = len(negatives)
-    on_particle = near(negatives, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(take, bool)
+    n_negatives = len(negatives)
+    on_particle = near(negatives, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(n_negatives, bool)
     parts = [
         _samples(image, centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
                  np.ones(len(labeled)), size),
         _samples(image, centres_hid, np.full(n_hide, LABEL_UNLABELED), np.full(n_hide, HIDDEN),
                  np.ones(n_hide), size),
-        _samples(image, negatives, np.full(take, LABEL_UNLABELED),
+        _samples(image, negatives, np.full(n_negatives, LABEL_UNLABELED),
                  np.where(on_particle, HIDDEN, BACKGROUND), on_particle.astype(int), size),
     ]
     if train and known_negative_xy is not None and len(known_negative_xy):
@@ -183,6 +182,6 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
         k = len(centres_kn)
         parts.append(_samples(image, centres_kn, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
                               np.zeros(k), size))
-    stats = {"negatives_wanted": wanted, "negatives_found": int(take - len(offcentre)),
+    stats = {"negatives_wanted": wanted, "negatives_found": int(take),
              "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide)}
     return concat_samples(parts, size), stats

@@ -61,9 +61,9 @@ def eval_subset(dirs, split, max_samples, seed):
     return dataset, torch.arange(n)
 
 
-def network_input(patches, input_size, device, channels_last):
+def network_input(patches, input_size, device):
     """uint8 patches -> per-patch standardised float [B,1,s,s] on the device, resized when asked."""
     x = to_float(patches.to(device, non_blocking=True))
     if input_size and input_size != x.shape[-1]:
         x = resize(x, input_size)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x

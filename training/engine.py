@@ -17,14 +17,14 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from datasets.augment import strong_augment, weak_augment
-from datasets.cryoem_chunked_dataset import open_chunk_dirs
 from datasets.errors import InputError
 from losses import ConsistencyLoss, PNLoss, PULoss, check_prior
 from models import ModelEMA, build_model
+from models.ema import unwrap
 from training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from training.data import TrainBatches, eval_subset, network_input
 from training.health import TrainingDiverged, check_finite, health_warnings
-from training.metrics import best_f1_threshold, patch_metrics
+from training.metrics import best_f1_threshold, patch_metrics, threshold_metrics
 from utils.config import diff_keys, save_config
 from utils.files import atomic_write_json, git_sha
 
@@ -46,6 +46,7 @@ class Run:
     prior: float
     preprocessing: dict
     generator: torch.Generator
+    eval_sets: dict  # split -> (mmap dataset, the fixed seeded subset of its indices that is evaluated)
     rank: int = 0
     world_size: int = 1
     writer: SummaryWriter | None = None
@@ -58,10 +59,6 @@ class Run:
     @property
     def teacher(self):
         return self.ema.module if self.ema is not None else unwrap(self.model)
-
-
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def build_losses(loss_cfg, prior):
@@ -96,8 +93,8 @@ def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch):
 
 def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=1, num_workers=0):
     data_cfg, train_cfg = config["data"], config["training"]
-    for split in ("val", "test"):  # fail now, not after training, when a split is missing
-        open_chunk_dirs(data_cfg["data_dir"], split)
+    eval_sets = {split: eval_subset(data_cfg["data_dir"], split, data_cfg["max_eval_samples"], train_cfg["seed"])
+                 for split in ("val", "test")}  # opened now: a missing split fails before training, not after
     batches = TrainBatches(data_cfg, train_cfg, rank, world_size, num_workers, pin_memory=device.type == "cuda")
     torch.manual_seed(train_cfg["seed"])  # the same initial weights (and EMA teacher) on every rank
     model = build_model(config["model"]["backbone"], config["model"]["dropout"]).to(device)
@@ -111,9 +108,10 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
         model = torch.nn.parallel.DistributedDataParallel(  # static graph: weak and strong views are two forwards
             model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
     pu_loss, consistency = build_losses(config["loss"], prior)
+    consistency = consistency.to(device) if consistency is not None else None  # its alignment buffer
     generator = torch.Generator(device=device).manual_seed(train_cfg["seed"] * 1000 + rank)
     return Run(config, run_dir, device, model, ema, optimizer, scheduler, pu_loss, consistency, batches, prior,
-               preprocessing, generator, rank, world_size)
+               preprocessing, generator, eval_sets, rank, world_size)
 
 
 def autocast(run):
@@ -155,7 +153,7 @@ def frozen_batchnorm_statistics(model):
 
 def train_step(run, batch):
     """One optimisation step; returns the loss parts as detached tensors (no host sync here)."""
-    x = network_input(batch["patches"], run.config["data"]["input_size"], run.device, False)
+    x = network_input(batch["patches"], run.config["data"]["input_size"], run.device)
     labels = batch["label"].to(run.device, non_blocking=True).long()
     true_label = batch["true_label"].to(run.device, non_blocking=True).long()
     weak = channels_last(run, weak_augment(x, generator=run.generator))
@@ -209,7 +207,7 @@ def train_epoch(run, epoch, skip, deadline):
             run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
             run.progress["epoch_started"] = time.time()
             save_state(run, "last.pt", epoch, step_in_epoch)
-        if agreed(run, time.time() > deadline):
+        if math.isfinite(deadline) and agreed(run, time.time() > deadline):
             return _mean_parts(epoch_sum, max(n, 1)), True
     return _mean_parts(epoch_sum, max(n, 1)), False
 
@@ -244,7 +242,7 @@ def predict(run, model, dataset, indices):
     batch_size, scores, truth = run.config["training"]["eval_batch_size"], [], []
     for start in range(0, len(indices), batch_size):
         batch = dataset.get_batch(indices[start:start + batch_size])
-        x = channels_last(run, network_input(batch["patches"], run.config["data"]["input_size"], run.device, False))
+        x = channels_last(run, network_input(batch["patches"], run.config["data"]["input_size"], run.device))
         with autocast(run):
             scores.append(torch.sigmoid(model(x).float()).cpu())
         truth.append(batch["true_label"].long())
@@ -252,9 +250,7 @@ def predict(run, model, dataset, indices):
 
 
 def evaluate(run, model, split, best_threshold=None):
-    data_cfg = run.config["data"]
-    dataset, indices = eval_subset(data_cfg["data_dir"], split, data_cfg["max_eval_samples"],
-                                   run.config["training"]["seed"])
+    dataset, indices = run.eval_sets[split]
     scores, truth = predict(run, model, dataset, indices)
     return patch_metrics(scores, truth, best_threshold), scores, truth
 
@@ -389,7 +385,7 @@ def final_results(run):
     val, val_scores, val_truth = evaluate(run, model, "val")
     known = val_truth >= 0
     threshold = best_f1_threshold(val_scores[known], val_truth[known])
-    val["at_best_f1_threshold"] = patch_metrics(val_scores, val_truth, threshold)["at_best_f1_threshold"]
+    val["at_best_f1_threshold"] = threshold_metrics(val_scores[known], val_truth[known], threshold)
     test, _, _ = evaluate(run, model, "test", best_threshold=threshold)
     results = {"exp_name": run.run_dir.name, "best_epoch": best["best_epoch"] + 1, "best_val_auc": best["best_metric"],
                "val": val, "test": test, "prior": run.prior, "prior_source": run.config["loss"].get("prior_source"),
