@@ -27,10 +27,10 @@ import numpy as np
 from datasets.coordinates import micrograph_stem, read_coordinates
 from datasets.errors import InputError, exit_on_input_error
 from picking.evaluate import precision_recall, save_pr_curve_png
+from picking.writers import MANIFEST
 from utils.files import atomic_write_json
 
 FORMATS = {"star": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
-MANIFEST = "manifest.json"
 CURVE_POINTS = 1000
 
 

@@ -27,6 +27,7 @@ import glob
 import hashlib
 import time
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def resolve_micrographs(spec: str) -> list[Path]:
         raise InputError(f"no micrographs found at {spec}; pass a folder, a glob pattern in quotes, "
                          f"or a .txt list of micrograph paths")
     stems = [micrograph_stem(p) for p in found]
-    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    repeated = sorted(stem for stem, count in Counter(stems).items() if count > 1)
     if repeated:
         raise InputError(f"micrographs share the name {repeated[0]} (their pick files would collide); "
                          f"pick them into separate --output-dir folders")

@@ -66,15 +66,14 @@ def resolve(args):
     pre = config["preprocessing"]
     if not 0.0 <= pre["hide_ratio"] < 1.0:
         raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
-    if pre["neg_per_pos"] < 0 or pre["neg_min_distance"] < 0:
-        raise InputError("--neg-per-pos and --neg-min-distance must not be negative")
+    if pre["neg_per_pos"] < 0 or pre["neg_min_distance"] < 0 or pre["offcentre_per_pos"] < 0:
+        raise InputError("--neg-per-pos, --neg-min-distance and --offcentre-per-pos must not be negative")
     distance = pre["offcentre_distance"]
     if not (isinstance(distance, (list, tuple)) and len(distance) == 2):
         raise InputError(f"offcentre_distance {distance!r} must be two numbers [LOW, HIGH] (diameters)")
     low, high = distance
-    if pre["offcentre_per_pos"] < 0 or not 0 < low < high:
-        raise InputError(f"--offcentre-per-pos {pre['offcentre_per_pos']} must not be negative and "
-                         f"--offcentre-distance {low} {high} must satisfy 0 < LOW < HIGH (diameters)")
+    if not 0 < low < high:
+        raise InputError(f"--offcentre-distance {low} {high} must satisfy 0 < LOW < HIGH (diameters)")
     return config
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from datasets.coordinates import read_coco, read_cryoppp_csv
+from datasets.coordinates import read_coco
 from picking.evaluate import match_picks
+from picking.writers import read_picks_back
 
 EMPIAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "empiar10017"
 
@@ -29,7 +30,7 @@ def main(argv=None):
     summary = json.loads(Path(args.summary).read_text())
     radius = summary["radius"]
     truth = read_coco(Path(args.data_root) / "annotations" / "instances_test.json")[0][args.stem]
-    picks = read_cryoppp_csv(Path(args.picks) / f"{args.stem}.csv")[args.stem]
+    picks = read_picks_back(args.picks, args.stem)
     kept = picks[picks[:, 3] >= summary["threshold"]]
     matched = match_picks(kept[:, :2], truth[:, :2], radius)
     image = Image.open(Path(args.data_root) / "test" / f"{args.stem}.jpg").convert("RGB")

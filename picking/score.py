@@ -34,14 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.augment import resize, to_float
 from datasets.errors import InputError
-from datasets.micrographs import read_micrograph
-from datasets.micrographs import prepare_micrograph
+from datasets.micrographs import prepare_micrograph, read_micrograph
 from datasets.preprocess_run import to_original
 from models.resnet import build_model
 from picking.nms import nms_points, peak_picks
 from training.checkpoint import load_checkpoint, load_model_weights
+from training.data import network_input
 
 PREPROCESSING_KEYS = ("patch_size", "input_size", "particle_diameter_px", "scale", "clip_sigma")
 SCORING_METHODS = ("downsample", "exact")
@@ -123,7 +122,7 @@ def _exact_batches(padded, grid, patch_size, input_size, rows_per_batch):
     windows = _windows(padded, grid, patch_size, grid.stride, grid.offset_x, grid.offset_y)
     for first in range(0, grid.rows, rows_per_batch):
         batch = windows[first:first + rows_per_batch].reshape(-1, patch_size, patch_size)
-        yield resize(to_float(batch), input_size)
+        yield network_input(batch, input_size, padded.device)
 
 
 def _downsampled_batches(padded, grid, patch_size, input_size, rows_per_batch):
