@@ -1,5 +1,6 @@
 """Training: short end-to-end runs on a tiny generated dataset, resume, TensorBoard, DDP, bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,10 +70,10 @@ def test_resume_continues_the_same_run(chunks, tmp_path, monkeypatch):
     train(chunks, tmp_path, name="straight", epochs=2)
     real_train_epoch = engine.train_epoch
 
-    def interrupted(run, epoch, skip, deadline):
+    def interrupted(run, epoch, skip, budget):
         if epoch == 1:
             raise KeyboardInterrupt  # killed at the start of the second epoch
-        return real_train_epoch(run, epoch, skip, deadline)
+        return real_train_epoch(run, epoch, skip, budget)
     monkeypatch.setattr(engine, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(chunks, tmp_path, name="split", epochs=2)
@@ -90,6 +91,33 @@ def test_resume_continues_the_same_run(chunks, tmp_path, monkeypatch):
         assert torch.allclose(state["exp_avg"], resumed["optimizer"]["state"][key]["exp_avg"], atol=1e-5)
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_cosine_schedule_ends_at_the_time_budget():
+    from training.engine import build_optimizer
+    spent = {"fraction": 0.0}
+    model = torch.nn.Linear(2, 1)
+    _, schedule = build_optimizer(model, {"lr": 1.0, "weight_decay": 0.0, "scheduler": "cosine", "warmup_epochs": 0},
+                                  total_steps=100, steps_per_epoch=10, budget_used=lambda: spent["fraction"])
+    model.weight.grad = None
+    schedule.optimizer.step()
+    schedule.step()  # step 1 of 100: the step count leads
+    assert schedule.get_last_lr()[0] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.01)))
+    spent["fraction"] = 0.5  # half the time spent at step 2: the time leads
+    schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(0.5)
+    spent["fraction"] = 1.2
+    schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_time_budget_stops_the_run_with_the_learning_rate_annealed(chunks, tmp_path):
+    results = train(chunks, tmp_path, "training.max_minutes=0.005", name="budget", epochs=50)
+    assert results["stopped"].startswith("time budget of 0.005 min reached")
+    records = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    by_steps = 0.002 * 0.5 * (1 + math.cos(math.pi * records[-1]["step"] / (50 * 8)))  # > 0.0019
+    assert records[-1]["lr"] < 0.5 * by_steps  # annealed by the clock (the last step's lr lags it by one step)
+    assert results["timings"]["train_seconds"] == pytest.approx(0.3, abs=0.5)
 
 
 def test_chunked_script_uses_data_prior_and_positive_ratio(chunks, tmp_path):

@@ -47,6 +47,7 @@ class Run:
     preprocessing: dict
     generator: torch.Generator
     eval_sets: dict  # split -> (mmap dataset, the fixed seeded subset of its indices that is evaluated)
+    clock: dict  # {"budget_used": fraction of the time budget spent}, read by the LR schedule
     rank: int = 0
     world_size: int = 1
     writer: SummaryWriter | None = None
@@ -76,7 +77,10 @@ def build_losses(loss_cfg, prior):
     return pu_loss, consistency
 
 
-def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch):
+def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch, budget_used=None):
+    """AdamW; linear warmup, then cosine to 0 at the last step or, when `budget_used` is given (the
+    fraction of training.max_minutes spent), at the deadline if that comes first, so a run the time
+    budget stops still ends with an annealed learning rate."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
     warmup = opt_cfg["warmup_epochs"] * steps_per_epoch
     if opt_cfg["scheduler"] not in ("cosine", "constant"):
@@ -87,7 +91,10 @@ def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch):
             return (step + 1) / warmup
         if opt_cfg["scheduler"] == "constant":
             return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+        done = (step - warmup) / max(1, total_steps - warmup)
+        if budget_used is not None:
+            done = max(done, budget_used())
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -102,8 +109,10 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
     if device.type == "cuda" and train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model, config["model"]["ema_decay"]) if config["model"]["use_ema"] else None
+    clock = {"budget_used": 0.0}  # fraction of training.max_minutes spent; train_epoch keeps it current
     optimizer, scheduler = build_optimizer(model, config["optimizer"], train_cfg["epochs"] * batches.steps,
-                                           batches.steps)
+                                           batches.steps,
+                                           (lambda: clock["budget_used"]) if train_cfg["max_minutes"] else None)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(  # static graph: weak and strong views are two forwards
             model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
@@ -111,7 +120,7 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
     consistency = consistency.to(device) if consistency is not None else None  # its alignment buffer
     generator = torch.Generator(device=device).manual_seed(train_cfg["seed"] * 1000 + rank)
     return Run(config, run_dir, device, model, ema, optimizer, scheduler, pu_loss, consistency, batches, prior,
-               preprocessing, generator, eval_sets, rank, world_size)
+               preprocessing, generator, eval_sets, clock, rank, world_size)
 
 
 def autocast(run):
@@ -185,7 +194,7 @@ def _mean_parts(accumulated, n):
     return {k: float(v) / n for k, v in accumulated.items()}
 
 
-def train_epoch(run, epoch, skip, deadline):
+def train_epoch(run, epoch, skip, budget):
     """Steps of one epoch (from `skip`); returns the epoch's mean parts and whether time ran out."""
     log_every, ckpt_every = run.config["training"]["log_every"], run.config["training"]["checkpoint_every"]
     epoch_sum, window_sum, window_n, n = {}, {}, 0, 0
@@ -207,9 +216,20 @@ def train_epoch(run, epoch, skip, deadline):
             run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
             run.progress["epoch_started"] = time.time()
             save_state(run, "last.pt", epoch, step_in_epoch)
-        if math.isfinite(deadline) and agreed(run, time.time() > deadline):
+        if math.isfinite(budget) and budget_used(run, budget) >= 1.0:
             return _mean_parts(epoch_sum, max(n, 1)), True
     return _mean_parts(epoch_sum, max(n, 1)), False
+
+
+def budget_used(run, budget):
+    """The fraction of the time budget spent (rank 0's figure on every rank), also kept in run.clock."""
+    used = (run.progress["train_seconds"] + time.time() - run.progress["epoch_started"]) / budget
+    if run.world_size > 1:
+        shared = torch.tensor([used], dtype=torch.float64, device=run.device if run.device.type == "cuda" else "cpu")
+        dist.broadcast(shared, src=0)
+        used = float(shared.item())
+    run.clock["budget_used"] = used
+    return used
 
 
 def agreed(run, flag):
@@ -356,8 +376,9 @@ def train(run, start_epoch, skip):
     budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else float("inf")
     for epoch in range(start_epoch, cfg["epochs"]):
         run.progress["epoch_started"] = time.time()
-        deadline = time.time() + budget - run.progress["train_seconds"]
-        parts, out_of_time = train_epoch(run, epoch, skip, deadline)
+        if math.isfinite(budget):
+            budget_used(run, budget)  # a resumed run's schedule starts from the time already spent
+        parts, out_of_time = train_epoch(run, epoch, skip, budget)
         skip = 0
         check_finite(parts.get("loss", 0.0), run.progress["step"])
         run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
