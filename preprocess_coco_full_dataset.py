@@ -34,6 +34,7 @@ from utils.config import resolve_config
 
 TOOL = "preprocess_coco_full_dataset"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "coco_pu_preprocessing.yaml"
+OFFCENTRE_LABELS = ("unlabeled", "known_negative")
 FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
              "known_negatives": "data.known_negatives",
              "output_dir": "data.output_dir", "patch_size": "preprocessing.patch_size",
@@ -43,6 +44,7 @@ FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
              "neg_per_pos": "preprocessing.neg_per_pos", "neg_min_distance": "preprocessing.neg_min_distance",
              "offcentre_per_pos": "preprocessing.offcentre_per_pos",
              "offcentre_distance": "preprocessing.offcentre_distance",
+             "offcentre_label": "preprocessing.offcentre_label",
              "max_images_train": "preprocessing.max_images_train", "chunk_size": "preprocessing.chunk_size",
              "seed": "preprocessing.seed"}
 
@@ -56,6 +58,9 @@ def get_args_parser():
     parser.add_argument("--offcentre-per-pos", type=float, help="off-centre negatives per particle (0 = none)")
     parser.add_argument("--offcentre-distance", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="off-centre negatives lie LOW..HIGH x diameter beside a particle")
+    parser.add_argument("--offcentre-label", choices=OFFCENTRE_LABELS,
+                        help="train: off-centre windows join the unlabeled set, or are known negatives "
+                             "placed beside the labeled particles")
     parser.add_argument("--max-images-train", type=int, help="use only the first N train micrographs")
     return parser
 
@@ -72,6 +77,8 @@ def resolve(args):
     if not (isinstance(distance, (list, tuple)) and len(distance) == 2):
         raise InputError(f"offcentre_distance {distance!r} must be two numbers [LOW, HIGH] (diameters)")
     low, high = distance
+    if pre["offcentre_label"] not in OFFCENTRE_LABELS:
+        raise InputError(f"offcentre_label {pre['offcentre_label']!r} is not one of {', '.join(OFFCENTRE_LABELS)}")
     if not 0 < low < high:
         raise InputError(f"--offcentre-distance {low} {high} must satisfy 0 < LOW < HIGH (diameters)")
     return config
@@ -113,7 +120,7 @@ def run(config, args, shard):
     sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=diameter * scale,
                       hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
                       neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
-                      offcentre_distance=tuple(pre["offcentre_distance"]))
+                      offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"])
     stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()),
               "annotations": data["annotations"], "known_negatives": data["known_negatives"], "shard": args.shard,
               "particle_diameter_px": diameter, "scale": scale, "label_source": report["label_source"]}

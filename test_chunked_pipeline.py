@@ -180,6 +180,29 @@ def test_offcentre_off_gives_only_far_negatives_and_bad_range_is_refused(tiny, t
     assert "--offcentre-distance 1.0 0.5 must satisfy 0 < LOW < HIGH" in capsys.readouterr().err
 
 
+def test_offcentre_known_negatives_lie_beside_labeled_particles(tiny, tmp_path):
+    out = tmp_path / "out"
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-label", "known_negative"))
+    meta, train = load_split(out, "train")
+    table, _ = read_coco(tiny / "annotations" / "instances_train.json")
+    stems = [m["stem"] for m in meta["micrographs"]]
+    types, labels, truth = (train[k].numpy() for k in ("sample_type", "label", "true_label"))
+    known = types == 3
+    assert known.sum() == sum(m["offcentre_found"] for m in meta["micrographs"] if m["split"] == "train") > 0
+    assert np.all(labels[known] == -1)
+    for xy, mic, t in zip(train["xy"].numpy()[known], train["micrograph"].numpy()[known], truth[known]):
+        is_mic = train["micrograph"].numpy() == mic
+        labeled = train["xy"].numpy()[is_mic & (types == 0)]
+        d_labeled = cKDTree(labeled).query(xy)[0]  # placed beside a labeled particle, on none of them
+        assert 0.5 * DIAMETER - 2.0 <= d_labeled <= 1.0 * DIAMETER + 2.0
+        d_any = cKDTree(table[stems[mic]][:, :2]).query(xy)[0]  # may land on a hidden one: marked true positive
+        assert t == int(d_any < 0.5 * DIAMETER)
+    hidden, background = (types == 1).sum(), (types == 2).sum()  # pi counts the unlabeled set only
+    assert summary["priors"]["prior_unlabeled"] == pytest.approx(hidden / (hidden + background))
+    _, val = load_split(out, "val")
+    assert not (val["label"] == -1).any()  # val/test keep true labels: off-centre windows are plain negatives
+
+
 # ---------------------------------------------------------------- sliding windows
 def test_sliding_windows_counts_radius_and_ratio(tiny, tmp_path):
     out = tmp_path / "out"

@@ -137,15 +137,25 @@ def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height,
     return centres[:count]
 
 
+def _known_negatives(image, centres, truth_xy, diameter, size):
+    """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known)."""
+    wrong = near(centres, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(len(centres), bool)
+    k = len(centres)
+    return _samples(image, centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE), wrong.astype(int), size)
+
+
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
-                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance, train):
+                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance, train,
+                    offcentre_label="unlabeled"):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
 
     Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
     are `neg_per_pos` per particle, at distinct grid positions >= `neg_min_distance` diameters from every
     annotated particle; off-centre negatives are `offcentre_per_pos` per particle, `offcentre_distance`
-    diameters beside one (offcentre_negatives); both go to the unlabeled set; rejected picks (PUFP)
-    become known negatives. Val/test: every particle is a positive, negatives by the same rules, labels
+    diameters beside one (offcentre_negatives); both go to the unlabeled set, except that with
+    `offcentre_label="known_negative"` the off-centre windows are placed beside the labeled particles
+    only (the hidden ones are not known) and become known negatives; rejected picks (PUFP) become
+    known negatives too. Val/test: every particle is a positive, negatives by the same rules, labels
     true. `truth_xy` (all particles, when known) sets true_label, so a negative that lands on an
     unannotated particle is marked a hidden positive.
     """
@@ -164,9 +174,11 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     take = min(wanted, len(candidates))
     negatives = candidates[np.sort(rng.choice(len(candidates), size=take, replace=False))] if take else candidates[:0]
     offcentre_wanted = int(round(offcentre_per_pos * n))
-    offcentre = offcentre_negatives(particles_xy, rng, count=offcentre_wanted, diameter=diameter,
-                                    distance=offcentre_distance, height=height, width=width)
-    negatives = np.concatenate([negatives, offcentre])
+    offcentre_known = train and offcentre_label == "known_negative"
+    offcentre = offcentre_negatives(labeled if offcentre_known else particles_xy, rng, count=offcentre_wanted,
+                                    diameter=diameter, distance=offcentre_distance, height=height, width=width)
+    if not offcentre_known:
+        negatives = np.concatenate([negatives, offcentre])
     n_negatives = len(negatives)
     on_particle = near(negatives, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(n_negatives, bool)
     parts = [
@@ -177,11 +189,12 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
         _samples(image, negatives, np.full(n_negatives, LABEL_UNLABELED),
                  np.where(on_particle, HIDDEN, BACKGROUND), on_particle.astype(int), size),
     ]
+    if offcentre_known and len(offcentre):
+        parts.append(_known_negatives(image, offcentre, particles_xy if truth_xy is None else truth_xy,
+                                      diameter, size))
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
-        k = len(centres_kn)
-        parts.append(_samples(image, centres_kn, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
-                              np.zeros(k), size))
+        parts.append(_known_negatives(image, centres_kn, None, diameter, size))
     stats = {"negatives_wanted": wanted, "negatives_found": int(take),
              "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide)}
     return concat_samples(parts, size), stats
