@@ -97,7 +97,7 @@ def topaz(args, out, log):
                 "--method", "GE-binomial", "--pi", f"{pi:.4f}", "--num-epochs", str(args.topaz_epochs),
                 "--epoch-size", str(args.topaz_epoch_size), "--minibatch-size", "256", "--num-workers", "0",
                 "--device", "-1", "--save-prefix", work / "model", "-o", work / "train_log.txt"], log)
-    model = sorted(work.glob("model_epoch*.sav"))[-1]
+    model = work / f"model_epoch{args.topaz_epochs}.sav"  # the last epoch's (a name sort would put 9 after 10)
     extract = sh(["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", model, "--device", "-1",
                   "-o", work / "picks.txt", *sorted((work / "test").glob("*.mrc"))], log)
     picks = out / "picks_topaz"
