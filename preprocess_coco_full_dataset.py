@@ -9,9 +9,11 @@ metadata.json with the micrograph table, counts and the priors.
 Per train micrograph: a seeded `hide_ratio` of the particles is hidden (their particle-centred patches
 go to the unlabeled set), the rest are labeled positives; `neg_per_pos` negatives per particle are cut at
 distinct positions at least `neg_min_distance` diameters from every annotated particle (dense micrographs
-may hold fewer: the achieved ratio is recorded), and `offcentre_per_pos` off-centre negatives per particle
+may hold fewer: the achieved ratio is recorded), and `offcentre_per_pos` off-centre windows per particle
 are cut `offcentre_distance` (low, high) diameters beside a particle and at least `low` from every
-particle, so the classifier learns where a particle's centre is and picks do not ring each particle.
+particle, so the classifier learns where a particle's centre is and picks do not ring each particle. With
+`offcentre_label: known_negative` (the default) they lie beside the labeled particles and are known
+negatives (label -1); with `unlabeled` they lie beside any particle and join the unlabeled set.
 Val/test keep true labels for evaluation.
 prior_unlabeled = hidden / (hidden + background) is the pi nnPU needs; positive_fraction is the guide's
 positives / all patches, kept for comparison only.

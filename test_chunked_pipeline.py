@@ -104,15 +104,13 @@ def test_coco_counts_priors_and_positions(tiny, tmp_path):
     # every positive patch is centred on an annotated particle (original pixels, within rounding)
     centres = {stem: v[:, :2] for stem, v in table.items()}
     stems = [m["stem"] for m in meta["micrographs"]]
-    n_offcentre = 0
     for xy, mic, t in zip(train["xy"].numpy(), train["micrograph"].numpy(), types):
         d, _ = cKDTree(centres[stems[mic]]).query(xy)
         if t in (0, 1):
             assert d <= 1.5
-        else:  # far negatives >= 1.5 diameters from every particle, off-centre ones 0.5-1.0 (2 px of rounding)
-            offcentre = 0.5 * DIAMETER - 2.0 <= d <= 1.0 * DIAMETER + 2.0
-            assert d >= 1.5 * DIAMETER - 2.0 or offcentre
-            n_offcentre += offcentre
+        elif t == 2:  # far negatives >= 1.5 diameters from every particle (2 px of rounding)
+            assert d >= 1.5 * DIAMETER - 2.0
+    n_offcentre = (types == 3).sum()  # by default the off-centre windows are known negatives (tested below)
     assert n_offcentre == sum(m["offcentre_found"] for m in meta["micrographs"] if m["split"] == "train") > 0
     assert meta["priors"]["offcentre_per_pos_achieved"] == pytest.approx(n_offcentre / n_particles)
     # the patch centre pixel is dark (a particle) for positives, on average
@@ -137,7 +135,8 @@ def test_known_negatives_become_label_minus_one(tiny, tmp_path):
     rejected.mkdir()
     write_cryoppp_csv(rejected / "train_mic00.csv", make_particles([100.0, 150.0], [20.0, 200.0], DIAMETER))
     out = tmp_path / "out"
-    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--known-negatives", str(rejected)))
+    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--known-negatives", str(rejected),
+                                                "--offcentre-label", "unlabeled"))
     meta, train = load_split(out, "train")
     known = train["label"] == -1
     assert known.sum() == 2 and torch.all(train["sample_type"][known] == 3)
@@ -165,6 +164,23 @@ def test_offcentre_negatives_sit_beside_particles_and_on_none():
                                    height=200, width=200)) == 0  # no free place: none, not a wrong one
 
 
+def test_offcentre_unlabeled_joins_the_unlabeled_set_beside_any_particle(tiny, tmp_path):
+    out = tmp_path / "out"
+    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-label", "unlabeled"))
+    meta, train = load_split(out, "train")
+    table, _ = read_coco(tiny / "annotations" / "instances_train.json")
+    stems = [m["stem"] for m in meta["micrographs"]]
+    types = train["sample_type"].numpy()
+    assert not (types == 3).any()
+    n_offcentre = 0
+    for xy, mic in zip(train["xy"].numpy()[types == 2], train["micrograph"].numpy()[types == 2]):
+        d = cKDTree(table[stems[mic]][:, :2]).query(xy)[0]  # far (>= 1.5 D) or off-centre (0.5-1.0 D) of any
+        offcentre = 0.5 * DIAMETER - 2.0 <= d <= 1.0 * DIAMETER + 2.0
+        assert d >= 1.5 * DIAMETER - 2.0 or offcentre
+        n_offcentre += offcentre
+    assert n_offcentre == sum(m["offcentre_found"] for m in meta["micrographs"] if m["split"] == "train") > 0
+
+
 def test_offcentre_off_gives_only_far_negatives_and_bad_range_is_refused(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-per-pos", "0"))
@@ -178,11 +194,15 @@ def test_offcentre_off_gives_only_far_negatives_and_bad_range_is_refused(tiny, t
     with pytest.raises(SystemExit):
         preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "bad", "--offcentre-distance", "1.0", "0.5"))
     assert "--offcentre-distance 1.0 0.5 must satisfy 0 < LOW < HIGH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "bad", "--set",
+                                                    "preprocessing.offcentre_label=maybe"))
+    assert "offcentre_label 'maybe' is not one of unlabeled, known_negative" in capsys.readouterr().err
 
 
 def test_offcentre_known_negatives_lie_beside_labeled_particles(tiny, tmp_path):
     out = tmp_path / "out"
-    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-label", "known_negative"))
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out))  # the default
     meta, train = load_split(out, "train")
     table, _ = read_coco(tiny / "annotations" / "instances_train.json")
     stems = [m["stem"] for m in meta["micrographs"]]
