@@ -136,6 +136,14 @@ def file_sha256(path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def check_options(args) -> None:
+    """Refuse bad numbers before the model is loaded."""
+    for name, value in (("--min-distance-fraction", args.min_distance_fraction), ("--batch-size", args.batch_size),
+                        ("--expected-particles", 1 if args.expected_particles is None else args.expected_particles)):
+        if value <= 0:
+            raise InputError(f"{name} {value} must be positive")
+
+
 def pick_settings(args, preprocessing, device) -> dict:
     """The resolved settings (distances in original px, stride in rescaled px) recorded in the manifest.
 
@@ -148,10 +156,6 @@ def pick_settings(args, preprocessing, device) -> dict:
     stride = args.stride or max(factor, int(round(rescaled_diameter / 4 / factor)) * factor)
     precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     edge_margin = diameter / 2 if args.edge_margin is None else args.edge_margin
-    for name, value in (("--min-distance-fraction", args.min_distance_fraction), ("--batch-size", args.batch_size),
-                        ("--expected-particles", 1 if args.expected_particles is None else args.expected_particles)):
-        if value <= 0:
-            raise InputError(f"{name} {value} must be positive")
     return {"checkpoint_sha256": file_sha256(args.checkpoint), "stride": stride,
             "min_distance_px": args.min_distance_fraction * diameter,
             "threshold": args.threshold, "expected_particles": args.expected_particles,
@@ -187,9 +191,10 @@ def pick_one(args, model, preprocessing, settings, path, micrograph, overlay):
 
 
 def run(args) -> dict:
+    check_options(args)
+    paths = resolve_micrographs(args.micrographs)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, preprocessing = load_picker(args.checkpoint, device)
-    paths = resolve_micrographs(args.micrographs)
     settings = pick_settings(args, preprocessing, device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -211,6 +211,18 @@ def test_not_our_checkpoint_is_a_one_line_error(content, synthetic, tmp_path, ca
     assert error.startswith("error:") and "model.pt" in error and "\n" not in error
 
 
+@pytest.mark.parametrize("option", [["--min-distance-fraction", "0"], ["--batch-size", "-1"],
+                                    ["--expected-particles", "0"]])
+def test_bad_pick_options_are_refused_before_the_model_loads(option, synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    with pytest.raises(SystemExit) as exit_info:
+        pick_cli(tmp_path / "missing.pt", folder, tmp_path / "picks", *option)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {option[0]} {option[1]}") and error.endswith("must be positive")
+    assert not (tmp_path / "picks").exists()
+
+
 def test_picks_keep_out_of_the_edge_margin(checkpoint, synthetic, tmp_path):
     folder, _ = synthetic
     margin = 60.0
