@@ -137,16 +137,21 @@ def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height,
     return centres[:count]
 
 
+def _on_particle(centres, particles_xy, diameter):
+    """Which window centres lie within half a diameter of a particle (none where the particles are unknown)."""
+    return near(centres, particles_xy, diameter / 2) if particles_xy is not None else np.zeros(len(centres), bool)
+
+
 def _known_negatives(image, centres, truth_xy, diameter, size):
     """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known)."""
-    wrong = near(centres, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(len(centres), bool)
     k = len(centres)
-    return _samples(image, centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE), wrong.astype(int), size)
+    return _samples(image, centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
+                    _on_particle(centres, truth_xy, diameter).astype(int), size)
 
 
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
-                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance, train,
-                    offcentre_label="unlabeled"):
+                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance,
+                    offcentre_label, train):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
 
     Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
@@ -180,7 +185,7 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     if not offcentre_known:
         negatives = np.concatenate([negatives, offcentre])
     n_negatives = len(negatives)
-    on_particle = near(negatives, truth_xy, diameter / 2) if truth_xy is not None else np.zeros(n_negatives, bool)
+    on_particle = _on_particle(negatives, truth_xy, diameter)
     parts = [
         _samples(image, centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
                  np.ones(len(labeled)), size),
