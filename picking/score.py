@@ -37,9 +37,8 @@ import torch.nn.functional as F
 from datasets.errors import InputError
 from datasets.micrographs import prepare_micrograph, read_micrograph
 from datasets.preprocess_run import to_original
-from models.resnet import build_model
 from picking.nms import nms_points, peak_picks
-from training.checkpoint import load_checkpoint, load_model_weights
+from training.checkpoint import evaluated_model, load_checkpoint
 from training.data import network_input
 
 PREPROCESSING_KEYS = ("patch_size", "input_size", "particle_diameter_px", "scale", "clip_sigma")
@@ -248,7 +247,4 @@ def load_picker(path, device):
     if missing:
         raise InputError(f"checkpoint {path} lacks preprocessing facts ({', '.join(missing)}); "
                          f"use a best.pt/last.pt written by the current training scripts")
-    settings = checkpoint["config"]["model"]
-    model = build_model(settings["backbone"], settings["dropout"])
-    load_model_weights(model, checkpoint["ema"] or checkpoint["model"], path)
-    return prepare_model(model, device), preprocessing
+    return prepare_model(evaluated_model(checkpoint, path), device), preprocessing

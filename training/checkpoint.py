@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from datasets.errors import InputError
+from models.resnet import build_model
 
 FORMAT = "cryopu-checkpoint-v1"
 
@@ -52,3 +53,12 @@ def load_model_weights(model, state_dict, path):
     except RuntimeError as exc:
         raise InputError(f"checkpoint {path} was trained with another architecture than "
                          f"model.backbone here; use the same backbone or another --exp-name") from exc
+
+
+def evaluated_model(checkpoint, path):
+    """The checkpoint's network (its config's model.backbone and dropout) with the weights that were
+    evaluated: the EMA teacher's where the checkpoint holds them, else the trained model's."""
+    settings = checkpoint["config"]["model"]
+    model = build_model(settings["backbone"], settings["dropout"])
+    load_model_weights(model, checkpoint["ema"] or checkpoint["model"], path)
+    return model

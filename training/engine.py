@@ -21,7 +21,7 @@ from datasets.errors import InputError
 from losses import ConsistencyLoss, PNLoss, PULoss, check_prior
 from models import ModelEMA, build_model
 from models.ema import unwrap
-from training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from training.checkpoint import evaluated_model, load_checkpoint, load_model_weights, save_checkpoint
 from training.data import TrainBatches, eval_subset, network_input
 from training.health import TrainingDiverged, check_finite, health_warnings
 from training.metrics import best_f1_threshold, patch_metrics, threshold_metrics
@@ -400,8 +400,7 @@ def train(run, start_epoch, skip):
 def final_results(run):
     """results.json: the best checkpoint's val and test metrics (at 0.5 and at val's best-F1 threshold)."""
     best = load_checkpoint(run.run_dir / "best.pt", map_location=run.device)
-    model = build_model(run.config["model"]["backbone"], run.config["model"]["dropout"]).to(run.device)
-    load_model_weights(model, best["ema"] or best["model"], run.run_dir / "best.pt")
+    model = evaluated_model(best, run.run_dir / "best.pt").to(run.device)
     started = time.time()
     val, val_scores, val_truth = evaluate(run, model, "val")
     known = val_truth >= 0
