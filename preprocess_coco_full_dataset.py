@@ -47,6 +47,7 @@ FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
              "offcentre_per_pos": "preprocessing.offcentre_per_pos",
              "offcentre_distance": "preprocessing.offcentre_distance",
              "offcentre_label": "preprocessing.offcentre_label",
+             "random_per_pos": "preprocessing.random_per_pos", "centre_radius": "preprocessing.centre_radius",
              "max_images_train": "preprocessing.max_images_train", "chunk_size": "preprocessing.chunk_size",
              "seed": "preprocessing.seed"}
 
@@ -63,6 +64,10 @@ def get_args_parser():
     parser.add_argument("--offcentre-label", choices=OFFCENTRE_LABELS,
                         help="train: off-centre windows join the unlabeled set, or are known negatives "
                              "placed beside the labeled particles")
+    parser.add_argument("--random-per-pos", type=float,
+                        help="windows per particle at random positions anywhere on the micrograph, unlabeled")
+    parser.add_argument("--centre-radius", type=float,
+                        help="a random window within this x diameter of a particle centre is a positive")
     parser.add_argument("--max-images-train", type=int, help="use only the first N train micrographs")
     return parser
 
@@ -73,8 +78,12 @@ def resolve(args):
     pre = config["preprocessing"]
     if not 0.0 <= pre["hide_ratio"] < 1.0:
         raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
-    if pre["neg_per_pos"] < 0 or pre["neg_min_distance"] < 0 or pre["offcentre_per_pos"] < 0:
-        raise InputError("--neg-per-pos, --neg-min-distance and --offcentre-per-pos must not be negative")
+    if min(pre["neg_per_pos"], pre["neg_min_distance"], pre["offcentre_per_pos"], pre["random_per_pos"]) < 0:
+        raise InputError("--neg-per-pos, --neg-min-distance, --offcentre-per-pos and --random-per-pos "
+                         "must not be negative")
+    if not 0 < pre["centre_radius"] < 0.5:
+        raise InputError(f"--centre-radius {pre['centre_radius']} must lie in (0, 0.5) diameters: a window "
+                         f"counts as centred on a particle within it")
     distance = pre["offcentre_distance"]
     if not (isinstance(distance, (list, tuple)) and len(distance) == 2):
         raise InputError(f"offcentre_distance {distance!r} must be two numbers [LOW, HIGH] (diameters)")
@@ -122,7 +131,8 @@ def run(config, args, shard):
     sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=diameter * scale,
                       hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
                       neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
-                      offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"])
+                      offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"],
+                      random_per_pos=pre["random_per_pos"], centre_radius=pre["centre_radius"])
     stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()),
               "annotations": data["annotations"], "known_negatives": data["known_negatives"], "shard": args.shard,
               "particle_diameter_px": diameter, "scale": scale, "label_source": report["label_source"]}

@@ -88,8 +88,8 @@ def tiny(tmp_path):
 
 # ---------------------------------------------------------------- COCO PU split
 def test_coco_counts_priors_and_positions(tiny, tmp_path):
-    out = tmp_path / "out"
-    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out))
+    out = tmp_path / "out"  # random windows (on by default) are tested on their own below
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--random-per-pos", "0"))
     meta, train = load_split(out, "train")
     table, _ = read_coco(tiny / "annotations" / "instances_train.json")
     n_particles = sum(len(v) for v in table.values())
@@ -166,7 +166,7 @@ def test_offcentre_negatives_sit_beside_particles_and_on_none():
 
 def test_offcentre_unlabeled_joins_the_unlabeled_set_beside_any_particle(tiny, tmp_path):
     out = tmp_path / "out"
-    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-label", "unlabeled"))
+    preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-label", "unlabeled", "--random-per-pos", "0"))
     meta, train = load_split(out, "train")
     table, _ = read_coco(tiny / "annotations" / "instances_train.json")
     stems = [m["stem"] for m in meta["micrographs"]]
@@ -183,7 +183,7 @@ def test_offcentre_unlabeled_joins_the_unlabeled_set_beside_any_particle(tiny, t
 
 def test_offcentre_off_gives_only_far_negatives_and_bad_range_is_refused(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-per-pos", "0"))
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-per-pos", "0", "--random-per-pos", "0"))
     meta, train = load_split(out, "train")
     assert summary["priors"]["offcentre_per_pos_achieved"] == 0
     table, _ = read_coco(tiny / "annotations" / "instances_train.json")
@@ -221,6 +221,45 @@ def test_offcentre_known_negatives_lie_beside_labeled_particles(tiny, tmp_path):
     assert summary["priors"]["prior_unlabeled"] == pytest.approx(hidden / (hidden + background))
     _, val = load_split(out, "val")
     assert not (val["label"] == -1).any()  # val/test keep true labels: off-centre windows are plain negatives
+
+
+def test_random_windows_join_the_unlabeled_set_and_pi_counts_the_centred_ones(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--random-per-pos", "10", "--centre-radius", "0.4"))
+    baseline = preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "none", "--random-per-pos", "0"))
+    table, _ = read_coco(tiny / "annotations" / "instances_train.json")
+    for split in ("train", "val"):
+        meta, data = load_split(out, split)
+        _, before = load_split(tmp_path / "none", split)
+        added_rows = []
+        for mic in np.unique(before["micrograph"].numpy()):  # each micrograph's other samples are unchanged
+            rows, rows_before = (np.flatnonzero(d["micrograph"].numpy() == mic) for d in (data, before))
+            assert torch.equal(data["patches"][rows[:len(rows_before)]], before["patches"][rows_before])
+            added_rows.append(rows[len(rows_before):])
+        added = {k: v[np.concatenate(added_rows)].numpy() for k, v in data.items()}
+        truth_table = table if split == "train" else read_coco(tiny / "annotations" / f"instances_{split}.json")[0]
+        rows = [m for m in meta["micrographs"] if m["split"] == split]
+        assert len(added["label"]) == sum(m["random_windows"] for m in rows) == sum(10 * m["n_particles"] for m in rows)
+        stems = [m["stem"] for m in meta["micrographs"]]
+        distance = np.array([cKDTree(truth_table[stems[mic]][:, :2]).query(xy)[0]
+                             for xy, mic in zip(added["xy"], added["micrograph"])])
+        centred = added["true_label"] == 1
+        clear = np.abs(distance - 0.4 * DIAMETER) > 1.0  # away from the radius, where rounding cannot decide
+        assert np.array_equal(centred[clear], distance[clear] < 0.4 * DIAMETER) and centred.any()
+        if split == "train":
+            assert np.all(added["label"] == 0)
+            assert np.array_equal(added["sample_type"] == 1, centred) and np.all(added["sample_type"][~centred] == 2)
+        else:
+            assert np.array_equal(added["label"] == 1, centred)
+    counts = summary["splits"]["train"]
+    assert summary["priors"]["prior_unlabeled"] == pytest.approx(
+        counts["hidden_positive"] / (counts["hidden_positive"] + counts["background"]))
+    assert summary["priors"]["prior_unlabeled"] < baseline["priors"]["prior_unlabeled"]
+    for flag, value, message in (("--random-per-pos", "-1", "must not be negative"),
+                                 ("--centre-radius", "0.6", "--centre-radius 0.6 must lie in (0, 0.5)")):
+        with pytest.raises(SystemExit):
+            preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "bad", flag, value))
+        assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- sliding windows
@@ -431,9 +470,18 @@ def test_both_preprocessors_on_empiar10017(empiar10017, tmp_path):
     summary = preprocess_coco_full_dataset.main(["--data-root", str(empiar10017), "--output-dir", str(out),
                                                  "--num-workers", "2"])
     meta, test = load_split(out, "test")
-    assert int((test["sample_type"] == 0).sum()) == 3131  # every test particle is a positive
+    random_windows = {split: sum(m["random_windows"] for m in meta["micrographs"] if m["split"] == split)
+                      for split in ("train", "test")}
+    assert random_windows == {"train": 2 * 7774, "test": 2 * 3131}  # two per particle by default
+    particles = 0  # every test particle is a positive: each micrograph's samples open with its particles
+    for index, row in enumerate(meta["micrographs"]):
+        if row["split"] == "test":
+            assert bool((test["sample_type"][test["micrograph"] == index][:row["n_particles"]] == 0).all())
+            particles += row["n_particles"]
+    assert particles == 3131
     train = summary["splits"]["train"]
-    assert train["labeled_positive"] + train["hidden_positive"] == 7774
+    assert train["labeled_positive"] == 7774 - sum(int(0.3 * m["n_particles"]) for m in meta["micrographs"]
+                                                   if m["split"] == "train") == 5448
     assert summary["priors"]["prior_unlabeled"] == pytest.approx(
         train["hidden_positive"] / (train["hidden_positive"] + train["background"]))
     assert meta["config"]["scale"] == pytest.approx(64 / 108)

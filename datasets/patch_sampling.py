@@ -137,6 +137,24 @@ def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height,
     return centres[:count]
 
 
+def random_windows(rng, *, count, height, width):
+    """`count` window centres (x, y) drawn uniformly over the micrograph, as Topaz samples its unlabeled pixels."""
+    return np.stack([rng.integers(width, size=count), rng.integers(height, size=count)], axis=1)
+
+
+def _random_window_samples(image, rng, particles_xy, *, count, centre_radius, size, train):
+    """Windows anywhere on the micrograph: centred on a particle when one lies within `centre_radius` px.
+
+    Train: all are unlabeled (label 0); the centred ones are its positives (hidden_positive), the rest
+    background, which is what pi counts. Val/test: the centred ones are positives, the rest negatives.
+    """
+    centres = random_windows(rng, count=count, height=image.shape[0], width=image.shape[1])
+    centred = near(centres, particles_xy, centre_radius)
+    label = np.full(count, LABEL_UNLABELED) if train else centred.astype(int)
+    sample_type = np.where(centred, HIDDEN if train else LABELED, BACKGROUND)
+    return _samples(image, centres, label, sample_type, centred.astype(int), size)
+
+
 def _on_particle(centres, particles_xy, diameter):
     """Which window centres lie within half a diameter of a particle (none where the particles are unknown)."""
     return near(centres, particles_xy, diameter / 2) if particles_xy is not None else np.zeros(len(centres), bool)
@@ -151,7 +169,7 @@ def _known_negatives(image, centres, truth_xy, diameter, size):
 
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
                     hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance,
-                    offcentre_label, train):
+                    offcentre_label, random_per_pos, centre_radius, train):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
 
     Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
@@ -160,7 +178,9 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     diameters beside one (offcentre_negatives); both go to the unlabeled set, except that with
     `offcentre_label="known_negative"` the off-centre windows are placed beside the labeled particles
     only (the hidden ones are not known) and become known negatives; rejected picks (PUFP) become
-    known negatives too. Val/test: every particle is a positive, negatives by the same rules, labels
+    known negatives too; `random_per_pos` windows per particle lie anywhere on the micrograph and join
+    the unlabeled set, a positive there when within `centre_radius` diameters of a particle centre
+    (random_window_samples). Val/test: every particle is a positive, negatives by the same rules, labels
     true. `truth_xy` (all particles, when known) sets true_label, so a negative that lands on an
     unannotated particle is marked a hidden positive.
     """
@@ -200,6 +220,12 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
         parts.append(_known_negatives(image, centres_kn, None, diameter, size))
+    n_random = int(round(random_per_pos * n))
+    if n_random:
+        parts.append(_random_window_samples(image, rng, particles_xy if truth_xy is None else truth_xy,
+                                            count=n_random, centre_radius=centre_radius * diameter, size=size,
+                                            train=train))
     stats = {"negatives_wanted": wanted, "negatives_found": int(take),
-             "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide)}
+             "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide),
+             "random_windows": n_random}
     return concat_samples(parts, size), stats
