@@ -1,6 +1,7 @@
 """Batched augmentation of micrograph patches on the device (CPU or CUDA), no per-sample Python.
 
-Order in the training step: `to_float` (uint8 -> per-patch standardised float [B, 1, S, S]), then
+Order in the training step: `to_float` (uint8 -> float [B, 1, S, S], standardised per patch or per
+micrograph), then
 `resize` where a configuration trains at a smaller size, then `weak_augment` / `strong_augment`.
 
 - weak: each patch gets one of the 8 symmetries of the square (rot90 by k = 0..3, with or without a
@@ -23,17 +24,32 @@ import torch.nn.functional as F
 DIHEDRAL_TRANSFORMS = 8
 
 
-def to_float(patches):
-    """uint8 patches [B, S, S] or [B, 1, S, S] -> float32 [B, 1, S, S] with zero mean, unit std each.
+NORMALIZATIONS = ("patch", "patch_mean", "micrograph")
+MICROGRAPH_CENTRE, MICROGRAPH_LEVELS = 127.5, 32.0
 
-    Per-patch standardisation (equal to (x/255 - mean)/std per patch) makes the classifier blind to
-    intensity offsets between micrographs and between ice and carbon; picking must standardise each
-    window the same way, by calling this function. The std is floored at one grey level, so a flat
-    patch maps to zeros instead of amplified quantisation noise.
+
+def to_float(patches, normalization="patch"):
+    """uint8 patches [B, S, S] or [B, 1, S, S] -> float32 [B, 1, S, S].
+
+    "patch": zero mean, unit std per patch (equal to (x/255 - mean)/std per patch), blind to intensity
+    offsets between micrographs and between ice and carbon; the std is floored at one grey level, so a
+    flat patch maps to zeros instead of amplified quantisation noise.
+    "micrograph": the per-micrograph normalisation of preprocessing kept as it is, (x - 127.5) / 32:
+    the median grey maps to 0 and, with the default clip of 4 robust sigmas to 0..255, one sigma to 1.
+    A faint blob in a quiet window then stays faint instead of being stretched to a patch's full contrast.
+    "patch_mean": each patch's mean subtracted, the micrograph's grey scale (32 levels per unit) kept:
+    blind to offsets (ice gradients, carbon), not to contrast.
+    Picking must normalise each window the same way, by calling this function.
     """
     x = patches.float()
     if x.dim() == 3:
         x = x.unsqueeze(1)
+    if normalization == "micrograph":
+        return (x - MICROGRAPH_CENTRE) / MICROGRAPH_LEVELS
+    if normalization == "patch_mean":
+        return (x - x.mean(dim=(1, 2, 3), keepdim=True)) / MICROGRAPH_LEVELS
+    if normalization != "patch":
+        raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
     std, mean = torch.std_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
     return (x - mean) / std.clamp(min=1.0)
 

@@ -86,6 +86,17 @@ def test_to_float_standardises_each_patch_and_keeps_flat_patches_finite():
     assert torch.equal(x[2], torch.zeros(1, 16, 16))
 
 
+def test_to_float_micrograph_keeps_the_grey_scale_so_a_faint_patch_stays_faint():
+    patches = torch.full((2, 16, 16), 128, dtype=torch.uint8)
+    patches[1, 6:10, 6:10] = 120  # a faint dark blob in a quiet window
+    x = to_float(patches, "micrograph")
+    torch.testing.assert_close(x, (patches.float()[:, None] - 127.5) / 32.0)
+    assert x[1].min() == pytest.approx(-7.5 / 32) and x[1].max() == pytest.approx(0.5 / 32)
+    assert to_float(patches, "patch")[1].min() < -3  # per-patch standardising stretches it to full contrast
+    with pytest.raises(ValueError, match="unknown normalization 'window'"):
+        to_float(patches, "window")
+
+
 def test_resize_shrinks_and_keeps_a_constant_patch_constant():
     x = torch.full((2, 1, 128, 128), 3.0)
     small = resize(x, 64)

@@ -13,7 +13,8 @@ from datasets.preprocess_run import to_scaled
 from datasets.synthetic import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
 from models.resnet import build_model
 from picking.evaluate import precision_recall
-from picking.score import pick_micrograph, picks_from_score_map, score_micrograph, window_grid
+from picking.score import (load_picker, pick_micrograph, picks_from_score_map, rescore_at_peaks, score_micrograph,
+                           window_grid)
 from picking.writers import pick_files, record, write_combined_coco, write_picks
 from training.checkpoint import save_checkpoint
 
@@ -23,7 +24,7 @@ SYNTHETIC = SyntheticConfig(width=512, height=448, diameter=DIAMETER, density=0.
 # Training-like preprocessing: particles rescaled to 64 px (scale 1.6), 128 px windows seen at 64 px.
 PREPROCESSING = {"patch_size": 128, "input_size": 64, "target_diameter": 64, "particle_diameter_px": DIAMETER,
                  "scale": 64 / DIAMETER, "native_resolution": False, "clip_sigma": 4.0,
-                 "normalization": "per_patch_standardise"}
+                 "normalization": "patch"}
 # Cheap preprocessing for the CLI tests, whose picks do not matter: 64 px windows seen at 32 px.
 SMALL_PREPROCESSING = {**PREPROCESSING, "patch_size": 64, "input_size": 32, "target_diameter": 32,
                        "scale": 32 / DIAMETER}
@@ -125,7 +126,8 @@ def test_dark_blob_scorer_finds_most_planted_particles(synthetic):
     assert best["precision"] >= 0.7
 
 
-def test_downsampled_windows_score_like_exact_windows(synthetic):
+@pytest.mark.parametrize("normalization", ["patch", "patch_mean", "micrograph"])
+def test_downsampled_windows_score_like_exact_windows(synthetic, normalization):
     """Shrinking the micrograph once gives the logits of shrinking every window, up to the window rim."""
     folder, _ = synthetic
     image, _ = prepare_micrograph(mrcfile.read(folder / "synthetic_0.mrc"), 1.0, 4.0)
@@ -136,11 +138,76 @@ def test_downsampled_windows_score_like_exact_windows(synthetic):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
-    options = {"patch_size": 128, "input_size": 64, "stride": 16, "device": "cpu"}
+    options = {"patch_size": 128, "input_size": 64, "stride": 16, "device": "cpu", "normalization": normalization}
     exact, exact_grid = score_micrograph(model, image[:321, :449], method="exact", **options)
     fast, fast_grid = score_micrograph(model, image[:321, :449], method="downsample", **options)
     assert exact_grid == fast_grid
     assert (exact - fast).abs().max() < 0.05 * (exact.max() - exact.min())
+
+
+class MeanScorer(torch.nn.Module):
+    """Scores a window by the mean of what the network is given: 0 for standardised windows."""
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("method", ["downsample", "exact"])
+def test_windows_are_normalised_as_the_checkpoint_was_trained(synthetic, method):
+    folder, _ = synthetic
+    image, _ = prepare_micrograph(mrcfile.read(folder / "synthetic_0.mrc"), 1.0, 4.0)
+    options = {"patch_size": 64, "input_size": 32, "stride": 16, "device": "cpu", "method": method}
+    patch, _ = score_micrograph(MeanScorer(), image, normalization="patch", **options)
+    kept, grid = score_micrograph(MeanScorer(), image, normalization="micrograph", **options)
+    assert patch.abs().max() < 0.01  # zero up to the resize at the window rim
+    padded = np.pad(image.astype(np.float64), 32, mode="reflect")
+    row, col = grid.rows // 2, grid.cols // 2
+    y, x = grid.offset_y + row * grid.stride, grid.offset_x + col * grid.stride
+    window_mean = padded[y:y + 64, x:x + 64].mean()  # the window centred on (x, y), 32 px of padding
+    assert kept[row, col].item() == pytest.approx((window_mean - 127.5) / 32, abs=0.02)
+    assert kept.std() > 0.05
+
+
+def test_legacy_checkpoints_pick_with_per_patch_normalisation(tmp_path):
+    path = make_checkpoint(tmp_path / "old.pt", {**SMALL_PREPROCESSING, "normalization": "per_patch_standardise"})
+    _, preprocessing = load_picker(path, "cpu")
+    assert preprocessing["normalization"] == "patch"
+
+
+class ParaboloidScorer:
+    """Stands in for a WindowScorer: the logit of a window is a paraboloid of its centre, top at (103, 57)."""
+    factor = 2
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, centres_xy):
+        self.seen.append(centres_xy.clone())
+        x, y = centres_xy[:, 0].double(), centres_xy[:, 1].double()
+        return (5 - ((x - 103) ** 2 + (y - 57) ** 2) / 100).float()
+
+
+def test_peak_rescoring_scores_the_sub_cell_position_and_keeps_the_higher_logit():
+    scorer = ParaboloidScorer()
+    centres = np.array([[102.6, 57.4], [40.0, 40.0], [300.0, -3.0]])
+    grid_logits = np.array([1.0, 9.0, -1.0])
+    moved, logits = rescore_at_peaks(scorer, centres, grid_logits, shape=(120, 201))
+    np.testing.assert_array_equal(moved, centres)  # positions stay the parabola's
+    assert scorer.seen[0].tolist() == [[102, 58], [40, 40], [200, 0]]  # factor multiples inside the micrograph
+    expected = 5 - np.array([1 + 1, 63 ** 2 + 17 ** 2, 97 ** 2 + 57 ** 2]) / 100
+    np.testing.assert_allclose(logits, np.maximum(grid_logits, expected), rtol=1e-6)
+
+
+def test_peak_rescoring_keeps_the_picks_and_raises_their_scores(synthetic):
+    folder, truth = synthetic
+    options = dict(stride=16, min_distance_px=0.5 * DIAMETER, threshold=None, device="cpu")
+    plain = pick_micrograph(DarkBlobScorer(), folder / "synthetic_0.mrc", PREPROCESSING, rescore_peaks=False,
+                            **options)
+    rescored = pick_micrograph(DarkBlobScorer(), folder / "synthetic_0.mrc", PREPROCESSING, **options)
+    assert len(plain) > 20
+    order = np.lexsort(plain[:, :2].T), np.lexsort(rescored[:, :2].T)
+    np.testing.assert_array_equal(plain[order[0], :2], rescored[order[1], :2])
+    assert np.all(rescored[order[1], 3] >= plain[order[0], 3]) and np.any(rescored[order[1], 3] > plain[order[0], 3])
 
 
 def test_rerun_skips_done_micrographs_and_repicks_deleted_ones(checkpoint, synthetic, tmp_path):

@@ -137,6 +137,12 @@ def test_baseline_and_nnpu_only_modes_run(chunks, tmp_path):
     assert only["consistency"] is False
 
 
+def test_micrograph_normalisation_trains_and_travels_to_picking(chunks, tmp_path):
+    results = train(chunks, tmp_path, "data.normalization=micrograph", name="grey", epochs=2)
+    assert results["val"]["auc"] > 0.6
+    assert load_checkpoint(tmp_path / "grey" / "best.pt")["preprocessing"]["normalization"] == "micrograph"
+
+
 def _error(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         train_pu_fixed_full.main(argv)
@@ -152,6 +158,8 @@ def test_bad_input(chunks, tmp_path, capsys):
     assert "(0, 1)" in _error(capsys, ["--data-dir", str(chunks), "--prior", "1.5", *base])
     err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", *base, "loss.priorr=0.3"])
     assert "loss.priorr" in err
+    err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", *base, "data.normalization=window"])
+    assert "data.normalization 'window' is not one of patch, patch_mean, micrograph" in err
     train(chunks, tmp_path, name="arch", epochs=1)
     err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", "--exp-name", "arch", "--epochs", "2",
                           *base, "model.backbone=resnet18"])

@@ -24,13 +24,13 @@ def add_common_flags(parser):
     return parser
 
 
-def preprocessing_facts(data_dirs, input_size):
+def preprocessing_facts(data_dirs, input_size, normalization):
     """What picking needs to cut and scale micrographs exactly as the training patches were."""
     config = read_metadata(data_dirs[0])["config"]
     return {"patch_size": config["patch_size"], "input_size": input_size or config["patch_size"],
             "target_diameter": config["target_diameter"], "particle_diameter_px": config["particle_diameter_px"],
             "scale": config["scale"], "native_resolution": config["native_resolution"],
-            "clip_sigma": config["clip_sigma"], "normalization": "per_patch_standardise"}
+            "clip_sigma": config["clip_sigma"], "normalization": normalization}
 
 
 def prepare(args, flags, use_data_prior):
@@ -47,7 +47,7 @@ def prepare(args, flags, use_data_prior):
     exp_name = args.exp_name or Path(args.config).stem
     run_dir = Path(args.output_root) / exp_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    return config, run_dir, preprocessing_facts(dirs, config["data"]["input_size"])
+    return config, run_dir, preprocessing_facts(dirs, config["data"]["input_size"], config["data"]["normalization"])
 
 
 def run_training(args, flags, use_data_prior):

@@ -61,9 +61,9 @@ def eval_subset(dirs, split, max_samples, seed):
     return dataset, torch.arange(n)
 
 
-def network_input(patches, input_size, device):
-    """uint8 patches -> per-patch standardised float [B,1,s,s] on the device, resized when asked."""
-    x = to_float(patches.to(device, non_blocking=True))
+def network_input(patches, input_size, device, normalization="patch"):
+    """uint8 patches -> float [B,1,s,s] on the device (`augment.to_float`'s normalization), resized when asked."""
+    x = to_float(patches.to(device, non_blocking=True), normalization)
     if input_size and input_size != x.shape[-1]:
         x = resize(x, input_size)
     return x

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-from datasets.augment import strong_augment, weak_augment
+from datasets.augment import NORMALIZATIONS, strong_augment, weak_augment
 from datasets.errors import InputError
 from losses import ConsistencyLoss, PNLoss, PULoss, check_prior
 from models import ModelEMA, build_model
@@ -160,9 +160,15 @@ def frozen_batchnorm_statistics(model):
             layer.momentum = momentum
 
 
+def model_input(run, patches):
+    """uint8 patches -> the network's float input on the run's device (data.input_size, data.normalization)."""
+    data = run.config["data"]
+    return network_input(patches, data["input_size"], run.device, data["normalization"])
+
+
 def train_step(run, batch):
     """One optimisation step; returns the loss parts as detached tensors (no host sync here)."""
-    x = network_input(batch["patches"], run.config["data"]["input_size"], run.device)
+    x = model_input(run, batch["patches"])
     labels = batch["label"].to(run.device, non_blocking=True).long()
     true_label = batch["true_label"].to(run.device, non_blocking=True).long()
     weak = channels_last(run, weak_augment(x, generator=run.generator))
@@ -262,7 +268,7 @@ def predict(run, model, dataset, indices):
     batch_size, scores, truth = run.config["training"]["eval_batch_size"], [], []
     for start in range(0, len(indices), batch_size):
         batch = dataset.get_batch(indices[start:start + batch_size])
-        x = channels_last(run, network_input(batch["patches"], run.config["data"]["input_size"], run.device))
+        x = channels_last(run, model_input(run, batch["patches"]))
         with autocast(run):
             scores.append(torch.sigmoid(model(x).float()).cpu())
         truth.append(batch["true_label"].long())
@@ -436,6 +442,7 @@ def fit(config, run_dir, device_name=None, num_workers=0, prior=None, preprocess
     """Train (or resume) the run in run_dir; returns results.json's dict on rank 0."""
     rank, world_size, device = setup_distributed(device_name)
     check_prior_for(config, prior)
+    check_normalization(config["data"]["normalization"])
     run = build_run(config, run_dir, device, prior, preprocessing, rank, world_size, num_workers)
     run.progress = new_progress()
     start_epoch, skip = 0, 0
@@ -458,6 +465,12 @@ def fit(config, run_dir, device_name=None, num_workers=0, prior=None, preprocess
         if world_size > 1:
             dist.destroy_process_group()
     return results
+
+
+def check_normalization(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise InputError(f"data.normalization {normalization!r} is not one of {', '.join(NORMALIZATIONS)}; "
+                         f"'patch' standardises each patch, 'micrograph' keeps preprocessing's grey scale")
 
 
 def check_prior_for(config, prior):
