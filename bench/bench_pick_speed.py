@@ -9,6 +9,7 @@ trained for a few minibatches first (its picks are not scored). Optionally score
         --ground-truth ../shared/data/empiar10017/annotations/instances_test.json
 """
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -35,10 +36,11 @@ def as_mrc(paths, folder):
     return copies
 
 
-def time_ours(checkpoint, micrographs, out, stride, precision, ground_truth):
+def time_ours(checkpoint, micrographs, out, stride, precision, rescore, ground_truth):
     start = time.time()
     pick_particles.main(["--checkpoint", str(checkpoint), "--micrographs", str(micrographs), "--output-dir", str(out),
-                         "--device", "cpu", "--precision", precision, *(["--stride", str(stride)] if stride else [])])
+                         "--device", "cpu", "--precision", precision, *(["--stride", str(stride)] if stride else []),
+                         "--peak-rescore" if rescore == "on" else "--no-peak-rescore"])
     seconds = time.time() - start
     scores = {}
     if ground_truth:
@@ -81,6 +83,8 @@ def main(argv=None):
     parser.add_argument("--ground-truth")
     parser.add_argument("--strides", nargs="+", type=int, default=[0], help="0 = the default stride")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--peak-rescore", nargs="+", default=["on"], choices=["on", "off"],
+                        help="pick with and/or without rescoring the peaks (pick_particles.py --peak-rescore)")
     parser.add_argument("--topaz-model", help="a trained Topaz .sav (else a throwaway one is trained)")
     parser.add_argument("--topaz-only", action="store_true", help="time Topaz only")
     args = parser.parse_args(argv)
@@ -88,10 +92,12 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stride in [] if args.topaz_only else args.strides:
-            for precision in args.precisions:
-                out = Path(tmp) / f"ours_{stride}_{precision}"
-                seconds, scores = time_ours(args.checkpoint, args.micrographs, out, stride, precision, args.ground_truth)
-                rows.append((f"ours stride {stride or 'default'} {precision}", seconds / n, scores.get("auprc")))
+            for precision, rescore in itertools.product(args.precisions, args.peak_rescore):
+                out = Path(tmp) / f"ours_{stride}_{precision}_{rescore}"
+                seconds, scores = time_ours(args.checkpoint, args.micrographs, out, stride, precision, rescore,
+                                            args.ground_truth)
+                rows.append((f"ours stride {stride or 'default'} {precision} rescore {rescore}", seconds / n,
+                             scores.get("auprc")))
         if shutil.which("topaz"):
             work = Path(tmp) / "topaz"
             work.mkdir()
@@ -99,9 +105,9 @@ def main(argv=None):
             rows.append(("Topaz extract (-r 14, 4x binned)", extract / n, None))
             rows.append(("Topaz preprocess + extract", (preprocess + extract) / n, None))
     print(f"\n{n} micrographs from {args.micrographs}, CPU")
-    print(f"{'picker':36s} {'s/micrograph':>12s} {'AUPRC':>7s}")
+    print(f"{'picker':44s} {'s/micrograph':>12s} {'AUPRC':>7s}")
     for name, per, auprc in rows:
-        print(f"{name:36s} {per:12.2f} {auprc if auprc is not None else float('nan'):7.3f}")
+        print(f"{name:44s} {per:12.2f} {auprc if auprc is not None else float('nan'):7.3f}")
     print(json.dumps({name: {"s_per_micrograph": per, "auprc": auprc} for name, per, auprc in rows}))
 
 
