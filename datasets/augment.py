@@ -44,13 +44,22 @@ def to_float(patches, normalization="patch"):
     x = patches.float()
     if x.dim() == 3:
         x = x.unsqueeze(1)
+    return normalise(x, normalization)
+
+
+def normalise(x, normalization, mean=None, std=None):
+    """float windows [B, 1, s, s] -> `to_float`'s normalisation, with each window's `mean` and `std`
+    ([B, 1, 1, 1], grey levels) given, or else taken from `x` itself. Picking passes them when it sees
+    the windows shrunk but their statistics come from full resolution."""
     if normalization == "micrograph":
         return (x - MICROGRAPH_CENTRE) / MICROGRAPH_LEVELS
     if normalization == "patch_mean":
-        return (x - x.mean(dim=(1, 2, 3), keepdim=True)) / MICROGRAPH_LEVELS
+        mean = x.mean(dim=(1, 2, 3), keepdim=True) if mean is None else mean
+        return (x - mean) / MICROGRAPH_LEVELS
     if normalization != "patch":
         raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    std, mean = torch.std_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
+    if mean is None:
+        std, mean = torch.std_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
     return (x - mean) / std.clamp(min=1.0)
 
 

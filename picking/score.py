@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.augment import MICROGRAPH_LEVELS, to_float
+from datasets.augment import normalise
 from datasets.errors import InputError
 from datasets.micrographs import prepare_micrograph, read_micrograph
 from datasets.preprocess_run import to_original
@@ -136,12 +136,14 @@ class WindowScorer:
             return network_input(_cut(self.padded, ys, xs, self.patch_size), self.input_size, self.device,
                                  self.normalization)
         windows = _cut(self.small, ys // self.factor, xs // self.factor, self.input_size)[:, None]
-        if self.normalization == "micrograph":
-            return to_float(windows, self.normalization)
+        if self.integrals is None:
+            return normalise(windows, self.normalization)
         mean, std = _window_mean_std(self.integrals, ys, xs, self.patch_size)
-        if self.normalization == "patch_mean":
-            return (windows - mean[:, None, None, None]) / MICROGRAPH_LEVELS
-        return (windows - mean[:, None, None, None]) / std[:, None, None, None].clamp(min=1.0)
+        return normalise(windows, self.normalization, mean[:, None, None, None], std[:, None, None, None])
+
+    def score_grid(self, grid: WindowGrid) -> torch.Tensor:
+        """The score map [rows, cols] of the windows of `grid`."""
+        return self(grid_centres(grid, self.device)).reshape(grid.rows, grid.cols)
 
 
 def _shrunk(image: torch.Tensor, factor: int) -> torch.Tensor:
@@ -204,7 +206,7 @@ def score_micrograph(model, image_uint8: np.ndarray, *, patch_size: int, input_s
     scorer, grid = window_scorer(model, image_uint8, patch_size=patch_size, input_size=input_size, stride=stride,
                                  device=device, batch_size=batch_size, method=method, bf16=bf16,
                                  normalization=normalization)
-    return scorer(grid_centres(grid, scorer.device)).reshape(grid.rows, grid.cols), grid
+    return scorer.score_grid(grid), grid
 
 
 def _subcell_offsets(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +294,7 @@ def pick_prepared(model, micrograph: PreparedMicrograph, preprocessing: dict, *,
                                  input_size=preprocessing["input_size"], stride=stride, device=device,
                                  batch_size=batch_size, method=method, bf16=bf16,
                                  normalization=preprocessing["normalization"])
-    score_map = scorer(grid_centres(grid, scorer.device)).reshape(grid.rows, grid.cols)
+    score_map = scorer.score_grid(grid)
     refine = partial(rescore_at_peaks, scorer, shape=micrograph.image.shape) if rescore_peaks else None
     return picks_from_score_map(score_map, grid, micrograph.scale_xy, micrograph.original_shape,
                                 min_distance_px=min_distance_px, threshold=threshold,
