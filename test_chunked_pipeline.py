@@ -22,7 +22,9 @@ import preprocess_coco_full_dataset  # noqa: E402
 import run_chunked_preprocessing  # noqa: E402
 from datasets import chunk_writer  # noqa: E402
 from datasets.coordinates import make_particles, read_coco, write_coco, write_cryoppp_csv  # noqa: E402
+from datasets.errors import InputError  # noqa: E402
 from datasets.patch_sampling import offcentre_negatives  # noqa: E402
+from datasets.preprocess_run import ordered_results  # noqa: E402
 
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
 SIZE, DIAMETER = 256, 24
@@ -370,6 +372,26 @@ def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch,
     monkeypatch.undo()
     preprocess_coco_full_dataset.main(coco_args(tiny, out))
     assert chunk_bytes(out) == chunk_bytes(reference)
+
+
+def _micrograph_result(index):
+    return {"samples": {"patches": np.full((3, 4, 4), index, np.uint8)}, "info": {"index": index}}
+
+
+def _unsendable_result(index):
+    return {"samples": {"patches": np.zeros((2, 2), np.uint8)}, "info": lambda: index}
+
+
+def test_worker_results_come_back_as_numpy_in_order():
+    results = list(ordered_results(_micrograph_result, range(7), num_workers=2))
+    assert [r["info"]["index"] for r in results] == list(range(7))
+    assert all(isinstance(r["samples"]["patches"], np.ndarray) for r in results)
+    assert [int(r["samples"]["patches"].sum()) for r in results] == [48 * i for i in range(7)]
+
+
+def test_a_result_that_cannot_reach_the_parent_says_how_to_fix_it():
+    with pytest.raises(InputError, match=r"/dev/shm.*--num-workers 1.*--shm-size"):
+        list(ordered_results(_unsendable_result, range(3), num_workers=2))
 
 
 def test_worker_count_and_shards_do_not_change_the_patches(tiny, tmp_path):

@@ -44,22 +44,19 @@ def window_centres(height, width, size, stride):
     return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
 
 
-def _samples(image, centres, label, sample_type, true_label, size):
-    return {"patches": cut_patches(image, centres, size),
-            "label": np.asarray(label, dtype=np.int8),
+def _samples(centres, label, sample_type, true_label):
+    """One group of a micrograph's samples, before their patches are cut: centres and labels."""
+    return {"label": np.asarray(label, dtype=np.int8),
             "sample_type": np.asarray(sample_type, dtype=np.int8),
             "true_label": np.asarray(true_label, dtype=np.int8),
             "xy": np.asarray(centres, dtype=np.float64).reshape(-1, 2)}
 
 
-def concat_samples(parts, size):
-    """One sample dict from several (in order); an empty dict of the right dtypes when none."""
-    parts = [p for p in parts if len(p["label"])]
-    if not parts:
-        return {"patches": np.zeros((0, size, size), np.uint8), "label": np.zeros(0, np.int8),
-                "sample_type": np.zeros(0, np.int8), "true_label": np.zeros(0, np.int8),
-                "xy": np.zeros((0, 2), np.float64)}
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+def with_patches(image, parts, size):
+    """One sample dict from groups of `_samples` (in order), the patches of all their centres cut from
+    `image` in one pass (cutting per group, then concatenating, copied each micrograph's ~50 MB twice)."""
+    samples = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return {"patches": cut_patches(image, samples["xy"], size), **samples}
 
 
 def sliding_window_samples(image, labeled_xy, truth_xy, rng, *, size, stride, radius, ratio, train):
@@ -94,7 +91,7 @@ def sliding_window_samples(image, labeled_xy, truth_xy, rng, *, size, stride, ra
         true_label = truth.astype(int)
     stats = {"windows": int(len(positive) - len(kept_others) + len(others)),
              "unlabeled_windows": int(len(others))}
-    return _samples(image, centres, label, sample_type, true_label, size), stats
+    return with_patches(image, [_samples(centres, label, sample_type, true_label)], size), stats
 
 
 def negative_candidates(height, width, particles_xy, *, size, spacing, min_distance):
@@ -142,17 +139,17 @@ def random_windows(rng, *, count, height, width):
     return np.stack([rng.integers(width, size=count), rng.integers(height, size=count)], axis=1)
 
 
-def _random_window_samples(image, rng, particles_xy, *, count, centre_radius, size, train):
+def _random_window_samples(rng, particles_xy, *, count, centre_radius, height, width, train):
     """Windows anywhere on the micrograph: centred on a particle when one lies within `centre_radius` px.
 
     Train: all are unlabeled (label 0); the centred ones are its positives (hidden_positive), the rest
     background, which is what pi counts. Val/test: the centred ones are positives, the rest negatives.
     """
-    centres = random_windows(rng, count=count, height=image.shape[0], width=image.shape[1])
+    centres = random_windows(rng, count=count, height=height, width=width)
     centred = near(centres, particles_xy, centre_radius)
     label = np.full(count, LABEL_UNLABELED) if train else centred.astype(int)
     sample_type = np.where(centred, HIDDEN if train else LABELED, BACKGROUND)
-    return _samples(image, centres, label, sample_type, centred.astype(int), size)
+    return _samples(centres, label, sample_type, centred.astype(int))
 
 
 def _on_particle(centres, particles_xy, diameter):
@@ -160,11 +157,11 @@ def _on_particle(centres, particles_xy, diameter):
     return near(centres, particles_xy, diameter / 2) if particles_xy is not None else np.zeros(len(centres), bool)
 
 
-def _known_negatives(image, centres, truth_xy, diameter, size):
+def _known_negatives(centres, truth_xy, diameter):
     """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known)."""
     k = len(centres)
-    return _samples(image, centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
-                    _on_particle(centres, truth_xy, diameter).astype(int), size)
+    return _samples(centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
+                    _on_particle(centres, truth_xy, diameter).astype(int))
 
 
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
@@ -207,25 +204,23 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     n_negatives = len(negatives)
     on_particle = _on_particle(negatives, truth_xy, diameter)
     parts = [
-        _samples(image, centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
-                 np.ones(len(labeled)), size),
-        _samples(image, centres_hid, np.full(n_hide, LABEL_UNLABELED), np.full(n_hide, HIDDEN),
-                 np.ones(n_hide), size),
-        _samples(image, negatives, np.full(n_negatives, LABEL_UNLABELED),
-                 np.where(on_particle, HIDDEN, BACKGROUND), on_particle.astype(int), size),
+        _samples(centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
+                 np.ones(len(labeled))),
+        _samples(centres_hid, np.full(n_hide, LABEL_UNLABELED), np.full(n_hide, HIDDEN), np.ones(n_hide)),
+        _samples(negatives, np.full(n_negatives, LABEL_UNLABELED), np.where(on_particle, HIDDEN, BACKGROUND),
+                 on_particle.astype(int)),
     ]
     if offcentre_known and len(offcentre):
-        parts.append(_known_negatives(image, offcentre, particles_xy if truth_xy is None else truth_xy,
-                                      diameter, size))
+        parts.append(_known_negatives(offcentre, particles_xy if truth_xy is None else truth_xy, diameter))
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
-        parts.append(_known_negatives(image, centres_kn, None, diameter, size))
+        parts.append(_known_negatives(centres_kn, None, diameter))
     n_random = int(round(random_per_pos * n))
     if n_random:
-        parts.append(_random_window_samples(image, rng, particles_xy if truth_xy is None else truth_xy,
-                                            count=n_random, centre_radius=centre_radius * diameter, size=size,
-                                            train=train))
+        parts.append(_random_window_samples(rng, particles_xy if truth_xy is None else truth_xy,
+                                            count=n_random, centre_radius=centre_radius * diameter,
+                                            height=height, width=width, train=train))
     stats = {"negatives_wanted": wanted, "negatives_found": int(take),
              "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide),
              "random_windows": n_random}
-    return concat_samples(parts, size), stats
+    return with_patches(image, parts, size), stats
