@@ -174,6 +174,25 @@ def test_legacy_checkpoints_pick_with_per_patch_normalisation(tmp_path):
     assert preprocessing["normalization"] == "patch"
 
 
+def test_picker_folds_batch_norm_and_keeps_the_logits(tmp_path):
+    torch.manual_seed(1)
+    model = build_model("resnet_tiny", 0.3)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "ema": None, "preprocessing": SMALL_PREPROCESSING,
+                           "config": {"model": {"backbone": "resnet_tiny", "dropout": 0.3}}})
+    picker, _ = load_picker(path, "cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in picker.modules())
+    windows = torch.randn(16, 1, 32, 32)
+    with torch.inference_mode():
+        expected = model.eval()(windows)
+        assert expected.std() > 0.01
+        torch.testing.assert_close(picker(windows.contiguous(memory_format=torch.channels_last)), expected,
+                                   atol=1e-4, rtol=1e-4)
+
+
 class ParaboloidScorer:
     """Stands in for a WindowScorer: the logit of a window is a paraboloid of its centre, top at (103, 57)."""
     factor = 2
