@@ -24,6 +24,7 @@ from datasets import chunk_writer  # noqa: E402
 from datasets.coordinates import make_particles, read_coco, write_coco, write_cryoppp_csv  # noqa: E402
 from datasets.errors import InputError  # noqa: E402
 from datasets.patch_sampling import offcentre_negatives  # noqa: E402
+from datasets import preprocess_run  # noqa: E402
 from datasets.preprocess_run import ordered_results  # noqa: E402
 
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
@@ -375,23 +376,57 @@ def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch,
 
 
 def _micrograph_result(index):
-    return {"samples": {"patches": np.full((3, 4, 4), index, np.uint8)}, "info": {"index": index}}
+    return {"samples": {"patches": np.full((3, 4, 4), index, np.uint8), "label": np.arange(3, dtype=np.int8),
+                        "xy": np.full((3, 2), index / 2), "empty": np.zeros((0, 4, 4), np.uint8)},
+            "info": {"index": index}}
+
+
+class _SharedMemoryFull:
+    def __reduce__(self):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on device")
+
+
+def _shared_memory_full_result(index):
+    return {"samples": {"patches": np.zeros((2, 2), np.uint8)}, "info": _SharedMemoryFull()}
 
 
 def _unsendable_result(index):
     return {"samples": {"patches": np.zeros((2, 2), np.uint8)}, "info": lambda: index}
 
 
-def test_worker_results_come_back_as_numpy_in_order():
-    results = list(ordered_results(_micrograph_result, range(7), num_workers=2))
+def _check_results(results):
     assert [r["info"]["index"] for r in results] == list(range(7))
-    assert all(isinstance(r["samples"]["patches"], np.ndarray) for r in results)
-    assert [int(r["samples"]["patches"].sum()) for r in results] == [48 * i for i in range(7)]
+    for i, r in enumerate(results):
+        samples = r["samples"]
+        assert all(isinstance(v, np.ndarray) for v in samples.values())
+        assert [samples[k].dtype for k in ("patches", "label", "xy", "empty")] == [np.uint8, np.int8, np.float64, np.uint8]
+        assert int(samples["patches"].sum()) == 48 * i and samples["xy"][0, 0] == i / 2
+        assert samples["empty"].shape == (0, 4, 4)
 
 
-def test_a_result_that_cannot_reach_the_parent_says_how_to_fix_it():
+def test_worker_results_come_back_in_shared_memory_as_numpy_in_order():
+    results = list(ordered_results(_micrograph_result, range(7), num_workers=2))
+    _check_results(results)
+    patches = results[0]["samples"]["patches"]
+    assert isinstance(patches.base, torch.Tensor) and patches.base.is_shared()
+
+
+def test_worker_results_take_the_pipe_when_shared_memory_is_short(monkeypatch):
+    monkeypatch.setattr(preprocess_run, "shared_memory_free", lambda: 0)
+    results = list(ordered_results(_micrograph_result, range(7), num_workers=2))
+    _check_results(results)
+    assert not isinstance(results[0]["samples"]["patches"].base, torch.Tensor)
+
+
+def test_shared_memory_running_out_during_the_handover_says_how_to_fix_it():
     with pytest.raises(InputError, match=r"/dev/shm.*--num-workers 1.*--shm-size"):
+        list(ordered_results(_shared_memory_full_result, range(3), num_workers=2))
+
+
+def test_other_unsendable_results_are_not_blamed_on_shared_memory():
+    with pytest.raises(RuntimeError, match="could not reach the main process") as error:
         list(ordered_results(_unsendable_result, range(3), num_workers=2))
+    assert not isinstance(error.value, InputError)
 
 
 def test_worker_count_and_shards_do_not_change_the_patches(tiny, tmp_path):

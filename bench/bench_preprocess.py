@@ -3,9 +3,9 @@
 Prints: the bare decode + rescale + normalise seconds per micrograph, the full COCO-PU and sliding-window
 preprocessing seconds per micrograph with 1 worker (and the ratio to the bare time; goal <= 1.5), the
 speed-up from 1 to 2 workers (goal >= 1.7 on 2 cores), and the peak RSS of each run (goal <= 3 GB).
-Each preprocessing run is a fresh subprocess so its peak memory is its own; each is repeated
-(--repeats, default 3) after `os.sync()`, and the median time is reported: the page-cache writeback of
-the previous run's ~1 GB made single runs vary by a third.
+Each preprocessing run is a fresh subprocess so its peak memory is its own. Each setting runs
+--repeats times (default 3), the settings interleaved, each run after `os.sync()`; the median time is
+reported, as the page-cache writeback of the previous run's ~1 GB made single runs vary by a third.
 
     python -m bench.bench_preprocess --data-root ../shared/data/empiar10017
 """
@@ -53,14 +53,24 @@ def run_tool(module, argv):
     return json.loads(line[5:])
 
 
-def median_run(module, argv, out, repeats):
-    """run_tool `repeats` times into a fresh `out`; the last run's figures with the median seconds."""
-    runs = []
+SETTINGS = [(module, workers, extra)
+            for module, extra in (("preprocess_coco_full_dataset", []), ("preprocess_chunked", ["--ratio", "0.3"]))
+            for workers in (1, 2)]
+
+
+def median_runs(data_root, tmp, repeats):
+    """[(module, workers, figures)]: each setting run `repeats` times, the settings interleaved within
+    each round so that drift of the machine reaches all alike; the last run's figures, median seconds."""
+    runs = {setting: [] for setting in range(len(SETTINGS))}
     for _ in range(repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        os.sync()  # start with no dirty pages of the previous run still being written back
-        runs.append(run_tool(module, [*argv, "--output-dir", str(out)]))
-    return {**runs[-1], "seconds": statistics.median(r["seconds"] for r in runs)}
+        for index, (module, workers, extra) in enumerate(SETTINGS):
+            out = Path(tmp) / f"{module}_{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # start with no dirty pages of the previous run still being written back
+            runs[index].append(run_tool(module, ["--data-root", data_root, "--output-dir", str(out),
+                                                 "--num-workers", str(workers), *extra]))
+    return [(module, workers, {**runs[i][-1], "seconds": statistics.median(r["seconds"] for r in runs[i])})
+            for i, (module, workers, _) in enumerate(SETTINGS)]
 
 
 def main(argv=None):
@@ -68,16 +78,13 @@ def main(argv=None):
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "empiar10017"))
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the median time is shown")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: need at least 1")
     records, _ = load_dataset(args.data_root)
     scale = 64 / dataset_diameter(records)
     bare = bare_seconds(records, scale)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for module, extra in (("preprocess_coco_full_dataset", []), ("preprocess_chunked", ["--ratio", "0.3"])):
-            for workers in (1, 2):
-                stats = median_run(module, ["--data-root", args.data_root, "--num-workers", str(workers), *extra],
-                                   Path(tmp) / f"{module}_{workers}", args.repeats)
-                rows.append((module, workers, stats))
+        rows = median_runs(args.data_root, tmp, args.repeats)
     print(f"\n{len(records)} micrographs from {args.data_root}; median of {args.repeats} runs each")
     print(f"bare decode + rescale + normalise: {bare:.3f} s/micrograph")
     print(f"{'tool':30s} {'workers':>7s} {'s/micrograph':>12s} {'x bare':>7s} {'speed-up':>8s} {'patches':>8s} "

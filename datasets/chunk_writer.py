@@ -36,7 +36,11 @@ def _disk_full(exc, directory, needed_bytes):
 @contextmanager
 def _without_crc32():
     """torch.save without a CRC32 per record, restored afterwards. The checksum is what makes saving a
-    patch chunk slow (4x on 250 MB), and torch.load never checks it: it only serves unzip tools."""
+    patch chunk slow (4x on 250 MB), and torch.load never checks it: it only serves unzip tools.
+    A torch too old for the switch saves with the checksum."""
+    if not hasattr(torch.serialization, "set_crc32_options"):
+        yield
+        return
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
     try:

@@ -313,8 +313,8 @@ def load_picker(path, device):
     """(model on `device` in eval mode, preprocessing dict) from one of our checkpoints.
 
     The EMA teacher's weights are used where the checkpoint holds them (they are what was evaluated).
-    Each BatchNorm is folded into the convolution before it (`torch.fx` fuse): the same function, and
-    on a 2-core CPU picking runs 1.15x faster in fp32, 1.1x in bf16.
+    Each BatchNorm is folded into the convolution before it (`torch.fx` fuse): the same function, one
+    pass fewer over every feature map (README, section 11, has the speed-up).
     """
     checkpoint = load_checkpoint(path)
     preprocessing = checkpoint.get("preprocessing") or {}
