@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_pick_speed import as_mrc
+from bench.bench_pick_speed import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 
 REPO = Path(__file__).resolve().parents[1]
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
@@ -90,16 +90,13 @@ def topaz(args, out, log):
     for split in ("train", "test"):
         (work / split).mkdir(parents=True, exist_ok=True)
         mrcs = as_mrc(sorted((Path(args.data_root) / split).glob("*.jpg")), work / f"{split}_mrc")
-        sh(["topaz", "preprocess", "-s", "4", "-o", work / split, *mrcs], log)
+        sh(topaz_preprocess(mrcs, work / split), log)
     n_targets = topaz_targets(out / "chunks", work / "targets.txt")
     pi = 645 * 29 / (1024 * 1024)  # expected particles per micrograph x pixels within radius 3, over binned pixels
-    train = sh(["topaz", "train", "--train-images", work / "train", "--train-targets", work / "targets.txt",
-                "--method", "GE-binomial", "--pi", f"{pi:.4f}", "--num-epochs", str(args.topaz_epochs),
-                "--epoch-size", str(args.topaz_epoch_size), "--minibatch-size", "256", "--num-workers", "0",
-                "--device", "-1", "--save-prefix", work / "model", "-o", work / "train_log.txt"], log)
+    train = sh(topaz_train(work / "train", work / "targets.txt", pi=pi, epochs=args.topaz_epochs,
+                           epoch_size=args.topaz_epoch_size, prefix=work / "model", log=work / "train_log.txt"), log)
     model = work / f"model_epoch{args.topaz_epochs}.sav"  # the last epoch's (a name sort would put 9 after 10)
-    extract = sh(["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", model, "--device", "-1",
-                  "-o", work / "picks.txt", *sorted((work / "test").glob("*.mrc"))], log)
+    extract = sh(topaz_extract(model, sorted((work / "test").glob("*.mrc")), work / "picks.txt"), log)
     picks = out / "picks_topaz"
     picks.mkdir(exist_ok=True)
     shutil.copy(work / "picks.txt", picks / "picks.txt")

@@ -49,15 +49,33 @@ def time_ours(checkpoint, micrographs, out, stride, precision, rescore, ground_t
     return seconds, scores
 
 
+def topaz_preprocess(images, output_dir):
+    """`topaz preprocess` as issue 5's protocol runs it (both benches): 4x binning."""
+    return ["topaz", "preprocess", "-s", "4", "-o", str(output_dir), *map(str, images)]
+
+
+def topaz_train(images_dir, targets, *, pi, epochs, epoch_size, prefix, log):
+    """`topaz train` as issue 5's protocol runs it: GE-binomial at `pi`, minibatches of 256, on the CPU."""
+    return ["topaz", "train", "--train-images", str(images_dir), "--train-targets", str(targets),
+            "--method", "GE-binomial", "--pi", f"{pi:.4f}", "--num-epochs", str(epochs), "--epoch-size",
+            str(epoch_size), "--minibatch-size", "256", "--num-workers", "0", "--device", "-1",
+            "--save-prefix", str(prefix), "-o", str(log)]
+
+
+def topaz_extract(model, images, output):
+    """`topaz extract` as issue 5's protocol runs it: radius 14 binned px (56 px), threshold -6, picks
+    scaled back up 4x."""
+    return ["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", str(model), "--device", "-1",
+            "-o", str(output), *map(str, images)]
+
+
 def throwaway_topaz_model(work, train_dir):
     """A Topaz model trained for 10 minibatches: enough to time extract, not to judge quality."""
     targets = work / "targets.txt"
     targets.write_text("image_name\tx_coord\ty_coord\n" + "".join(
         f"{p.stem}\t{200 + 7 * i}\t{300 + 5 * i}\n" for p in sorted(train_dir.glob("*.mrc")) for i in range(20)))
-    subprocess.run(["topaz", "train", "--train-images", str(train_dir), "--train-targets", str(targets),
-                    "--method", "GE-binomial", "--pi", "0.0179", "--num-epochs", "1", "--epoch-size", "10",
-                    "--minibatch-size", "256", "--num-workers", "0", "--device", "-1", "--save-prefix",
-                    str(work / "model"), "-o", str(work / "train_log.txt")], check=True, capture_output=True)
+    subprocess.run(topaz_train(train_dir, targets, pi=0.0179, epochs=1, epoch_size=10, prefix=work / "model",
+                               log=work / "train_log.txt"), check=True, capture_output=True)
     return sorted(work.glob("model_epoch*.sav"))[-1]
 
 
@@ -66,12 +84,11 @@ def time_topaz(micrographs, work, model):
     binned = work / "binned"
     binned.mkdir()
     start = time.time()
-    subprocess.run(["topaz", "preprocess", "-s", "4", "-o", str(binned), *images], check=True, capture_output=True)
+    subprocess.run(topaz_preprocess(images, binned), check=True, capture_output=True)
     preprocess = time.time() - start
     model = model or throwaway_topaz_model(work, binned)
     start = time.time()
-    subprocess.run(["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", str(model), "--device", "-1",
-                    "-o", str(work / "picks.txt"), *sorted(str(p) for p in binned.glob("*.mrc"))],
+    subprocess.run(topaz_extract(model, sorted(binned.glob("*.mrc")), work / "picks.txt"),
                    check=True, capture_output=True)
     return preprocess, time.time() - start
 
