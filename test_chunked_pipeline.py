@@ -399,7 +399,8 @@ def _check_results(results):
     for i, r in enumerate(results):
         samples = r["samples"]
         assert all(isinstance(v, np.ndarray) for v in samples.values())
-        assert [samples[k].dtype for k in ("patches", "label", "xy", "empty")] == [np.uint8, np.int8, np.float64, np.uint8]
+        dtypes = [samples[k].dtype for k in ("patches", "label", "xy", "empty")]
+        assert dtypes == [np.uint8, np.int8, np.float64, np.uint8]
         assert int(samples["patches"].sum()) == 48 * i and samples["xy"][0, 0] == i / 2
         assert samples["empty"].shape == (0, 4, 4)
 
