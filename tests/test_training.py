@@ -93,6 +93,51 @@ def test_resume_continues_the_same_run(chunks, tmp_path, monkeypatch):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+def test_weight_average_is_the_mean_of_the_epoch_end_teachers_and_survives_a_resume(chunks, tmp_path, monkeypatch):
+    from training import engine
+    teachers = []
+    real_fold = engine.fold_into_average
+
+    def recording(run):
+        started = real_fold(run)
+        if run.average.n_averaged > len(teachers):
+            teachers.append({k: v.clone() for k, v in run.teacher.state_dict().items()})
+        return started
+    monkeypatch.setattr(engine, "fold_into_average", recording)
+    results = train(chunks, tmp_path, "model.average_from=0.5", name="swa", epochs=4)
+    monkeypatch.undo()
+    records = [json.loads(line) for line in (tmp_path / "swa" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["averaged_epochs"] for r in records] == [0, 1, 2, 3]  # epoch ends at 0.25, 0.5, 0.75, 1.0
+    assert len(teachers) == 3 and results["averaged_epochs"] >= 1
+    last = load_checkpoint(tmp_path / "swa" / "last.pt")
+    for key, value in last["average"].items():
+        if value.dtype.is_floating_point:
+            assert torch.allclose(value, sum(t[key] for t in teachers) / 3, atol=1e-6), key
+    assert any(not torch.equal(v, last["ema"][k]) for k, v in last["average"].items() if v.dtype.is_floating_point)
+    best = load_checkpoint(tmp_path / "swa" / "best.pt")
+    assert best["best_epoch"] >= 1 and best["averaged_epochs"] == best["best_epoch"]  # only averages compete
+    from training.checkpoint import evaluated_model
+    picked = evaluated_model(best, tmp_path / "swa" / "best.pt").state_dict()
+    assert all(torch.equal(picked[k], v) for k, v in best["average"].items())
+
+    real_train_epoch = engine.train_epoch
+
+    def interrupted(run, epoch, skip, budget):
+        if epoch == 3:
+            raise KeyboardInterrupt  # killed after two averaged epochs
+        return real_train_epoch(run, epoch, skip, budget)
+    monkeypatch.setattr(engine, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(chunks, tmp_path, "model.average_from=0.5", name="swa_split", epochs=4)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "swa_split" / "last.pt")["averaged_epochs"] == 2
+    train(chunks, tmp_path, "model.average_from=0.5", name="swa_split", epochs=4)
+    resumed = load_checkpoint(tmp_path / "swa_split" / "last.pt")
+    assert resumed["averaged_epochs"] == 3
+    for key, value in last["average"].items():
+        assert torch.allclose(value.float(), resumed["average"][key].float(), atol=1e-5), key
+
+
 def test_cosine_schedule_ends_at_the_time_budget():
     from training.engine import build_optimizer
     spent = {"fraction": 0.0}
@@ -160,6 +205,8 @@ def test_bad_input(chunks, tmp_path, capsys):
     assert "loss.priorr" in err
     err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", *base, "data.normalization=window"])
     assert "data.normalization 'window' is not one of patch, patch_mean, micrograph" in err
+    err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", *base, "model.average_from=1.5"])
+    assert "model.average_from 1.5 must be a fraction of the schedule in [0, 1)" in err
     train(chunks, tmp_path, name="arch", epochs=1)
     err = _error(capsys, ["--data-dir", str(chunks), "--use-data-prior", "--exp-name", "arch", "--epochs", "2",
                           *base, "model.backbone=resnet18"])

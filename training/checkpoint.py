@@ -3,7 +3,8 @@
 A checkpoint is a dict saved with torch.save, written to `<name>.tmp` and moved into place with
 os.replace (never half a file). Keys: `format`, `model`, `optimizer`, `scheduler`, `ema` (or None),
 `epoch`, `step`, `step_in_epoch`, `best_metric`, `best_epoch`, `config`, `preprocessing`, `prior`,
-`rng`, `git_sha`. `preprocessing` holds what picking needs: patch_size, input_size (the size the network
+`rng`, `git_sha`, and `average` (model.average_from's weight average, or None) with `averaged_epochs`.
+`preprocessing` holds what picking needs: patch_size, input_size (the size the network
 sees), target_diameter, particle_diameter_px, scale, native_resolution, clip_sigma and the patch
 normalisation ("per_patch_standardise").
 """
@@ -57,8 +58,8 @@ def load_model_weights(model, state_dict, path):
 
 def evaluated_model(checkpoint, path):
     """The checkpoint's network (its config's model.backbone and dropout) with the weights that were
-    evaluated: the EMA teacher's where the checkpoint holds them, else the trained model's."""
+    evaluated: the weight average's where it holds one, else the EMA teacher's, else the trained model's."""
     settings = checkpoint["config"]["model"]
     model = build_model(settings["backbone"], settings["dropout"])
-    load_model_weights(model, checkpoint["ema"] or checkpoint["model"], path)
+    load_model_weights(model, checkpoint.get("average") or checkpoint["ema"] or checkpoint["model"], path)
     return model

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 
 from datasets.augment import NORMALIZATIONS, strong_augment, weak_augment
@@ -38,6 +39,7 @@ class Run:
     device: torch.device
     model: torch.nn.Module
     ema: ModelEMA | None
+    average: AveragedModel | None  # model.average_from: the teacher's epoch-end weights averaged (SWA)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     pu_loss: torch.nn.Module
@@ -60,6 +62,11 @@ class Run:
     @property
     def teacher(self):
         return self.ema.module if self.ema is not None else unwrap(self.model)
+
+    @property
+    def evaluated(self):
+        """The network val judges and best.pt keeps: the weight average once it holds an epoch, else the teacher."""
+        return self.average.module if self.average is not None and self.average.n_averaged else self.teacher
 
 
 def build_losses(loss_cfg, prior):
@@ -109,6 +116,7 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
     if device.type == "cuda" and train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model, config["model"]["ema_decay"]) if config["model"]["use_ema"] else None
+    average = weight_average(config["model"]["average_from"], ema.module if ema is not None else model)
     clock = {"budget_used": 0.0}  # fraction of training.max_minutes spent; train_epoch keeps it current
     optimizer, scheduler = build_optimizer(model, config["optimizer"], train_cfg["epochs"] * batches.steps,
                                            batches.steps,
@@ -119,8 +127,34 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
     pu_loss, consistency = build_losses(config["loss"], prior)
     consistency = consistency.to(device) if consistency is not None else None  # its alignment buffer
     generator = torch.Generator(device=device).manual_seed(train_cfg["seed"] * 1000 + rank)
-    return Run(config, run_dir, device, model, ema, optimizer, scheduler, pu_loss, consistency, batches, prior,
+    return Run(config, run_dir, device, model, ema, average, optimizer, scheduler, pu_loss, consistency, batches, prior,
                preprocessing, generator, eval_sets, clock, rank, world_size)
+
+
+def weight_average(average_from, teacher):
+    """The uniform average of the teacher's weights and BatchNorm statistics at the epoch ends from
+    `average_from` (a fraction of the schedule) on, or None when model.average_from is null."""
+    if average_from is None:
+        return None
+    if isinstance(average_from, bool) or not isinstance(average_from, (int, float)) or not 0 <= average_from < 1:
+        raise InputError(f"model.average_from {average_from!r} must be a fraction of the schedule in [0, 1) "
+                         f"(0.5: average the second half) or null (no averaging)")
+    return AveragedModel(teacher, use_buffers=True).eval().requires_grad_(False)
+
+
+def schedule_done(run):
+    """The fraction of the schedule behind us: of training.epochs' steps, or of the time budget if further."""
+    return max(run.progress["step"] / (run.config["training"]["epochs"] * run.batches.steps),
+               run.clock["budget_used"])
+
+
+def fold_into_average(run):
+    """At an epoch end past model.average_from: add the teacher's weights to the average. Returns True at
+    the first epoch averaged, from which on best.pt and early stopping follow the average."""
+    if run.average is None or schedule_done(run) < run.config["model"]["average_from"]:
+        return False
+    run.average.update_parameters(run.teacher)
+    return int(run.average.n_averaged) == 1
 
 
 def autocast(run):
@@ -288,6 +322,8 @@ def save_state(run, name, epoch, step_in_epoch):
         "model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
         "consistency": run.consistency.state_dict() if run.consistency else None,
+        "average": run.average.module.state_dict() if run.average is not None and run.average.n_averaged else None,
+        "averaged_epochs": int(run.average.n_averaged) if run.average is not None else 0,
         "epoch": epoch, "step": run.progress["step"], "step_in_epoch": step_in_epoch,
         "best_metric": run.progress["best_metric"], "best_epoch": run.progress["best_epoch"],
         "progress": run.progress, "config": run.config, "preprocessing": run.preprocessing,
@@ -311,6 +347,9 @@ def restore_state(run, path):
         run.ema.load_state_dict(state["ema"])
     if run.consistency is not None:
         run.consistency.load_state_dict(state["consistency"])
+    if run.average is not None and state.get("average") is not None:
+        run.average.module.load_state_dict(state["average"])
+        run.average.n_averaged.fill_(state["averaged_epochs"])
     run.progress = state["progress"]
     if run.rank == 0:  # the saved streams are rank 0's; other ranks re-derive theirs from the step
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -331,7 +370,7 @@ def new_progress():
             "stopped": None, "epochs_done": 0}
 
 
-def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings):
+def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings, averaged_epochs):
     print(f"\nEpoch {epoch + 1}/{epochs}")
     print(f"  Train Loss: {parts.get('loss', float('nan')):.4f}")
     print(f"    - PU Loss: {parts.get('pu_loss', float('nan')):.4f}")
@@ -339,6 +378,8 @@ def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings):
         print(f"    - Consistency Loss: {parts['consistency_loss']:.4f}")
         print(f"  Consistency Mask Rate: {parts['mask_rate']:.1%}")
         print(f"  Unlabeled called positive: {parts['unlabeled_positive_rate']:.1%} (pi = {prior:.3f})")
+    if averaged_epochs:
+        print(f"\n  Evaluated: the average of the teacher's weights at {averaged_epochs} epoch ends")
     print(f"\n  Val AUC: {val['auc']:.4f}")
     print(f"  Val Precision: {val['precision']:.4f}")
     print(f"  Val Recall: {val['recall']:.4f}")
@@ -348,12 +389,13 @@ def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings):
         print(f"  *** New best model! AUC: {val['auc']:.4f} ***")
 
 
-def end_epoch(run, epoch, parts, val):
-    """Log the epoch, keep best.pt, check health; returns True when early stopping says stop."""
+def end_epoch(run, epoch, parts, val, averaging_started=False):
+    """Log the epoch, keep best.pt, check health; returns True when early stopping says stop. The first
+    averaged epoch is best whatever its AUC: from then on only averages compete for best.pt."""
     progress, cfg = run.progress, run.config["training"]
     progress["auc_history"].append(val["auc"])
     progress["epochs_done"] = epoch + 1
-    is_best = val["auc"] > progress["best_metric"]
+    is_best = averaging_started or val["auc"] > progress["best_metric"]
     if is_best:
         progress["best_metric"], progress["best_epoch"] = val["auc"], epoch
     warnings = health_warnings(parts, val, progress["auc_history"], run.consistency is not None)
@@ -361,15 +403,18 @@ def end_epoch(run, epoch, parts, val):
         step = progress["step"]
         for key in ("auc", "ap", "precision", "recall", "f1", "predicted_positive_rate"):
             run.writer.add_scalar(f"val/{key}", val[key], step)
+        averaged_epochs = int(run.average.n_averaged) if run.average is not None else 0
+        run.writer.add_scalar("val/averaged_epochs", averaged_epochs, step)
         for tag, _ in warnings:
             run.writer.add_scalar(f"health/{tag}", 1.0, step)
         run.writer.flush()
         record = {"epoch": epoch + 1, "step": step, "lr": run.optimizer.param_groups[0]["lr"],
                   "train": parts, "val": {k: v for k, v in val.items() if not isinstance(v, dict)},
-                  "warnings": [t for t, _ in warnings], "train_seconds": progress["train_seconds"]}
+                  "warnings": [t for t, _ in warnings], "train_seconds": progress["train_seconds"],
+                  "averaged_epochs": averaged_epochs}
         with open(run.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        print_epoch(epoch, cfg["epochs"], parts, val, run.prior, is_best, warnings)
+        print_epoch(epoch, cfg["epochs"], parts, val, run.prior, is_best, warnings, averaged_epochs)
         if is_best:
             save_state(run, "best.pt", epoch + 1, 0)
     save_state(run, "last.pt", epoch + 1, 0)
@@ -388,11 +433,12 @@ def train(run, start_epoch, skip):
         skip = 0
         check_finite(parts.get("loss", 0.0), run.progress["step"])
         run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
-        val, _, _ = evaluate(run, run.teacher, "val")
+        averaging_started = fold_into_average(run)
+        val, _, _ = evaluate(run, run.evaluated, "val")
         if math.isnan(val["auc"]):
             raise InputError("the val split holds only one class of true labels, so val AUC is undefined; "
                              "preprocess with val micrographs that have particles and background")
-        if agreed(run, end_epoch(run, epoch, parts, val)):
+        if agreed(run, end_epoch(run, epoch, parts, val, averaging_started)):
             run.progress["stopped"] = f"early stopping after epoch {epoch + 1}"
             break
         if out_of_time:
@@ -401,6 +447,9 @@ def train(run, start_epoch, skip):
     if run.progress["stopped"] and run.main:
         print(f"\n{run.progress['stopped']}")
         save_state(run, "last.pt", cfg["epochs"], 0)
+    if run.average is not None and not run.average.n_averaged and run.main:
+        print(f"model.average_from={run.config['model']['average_from']} was never reached (the run ended at "
+              f"{schedule_done(run):.2f} of its schedule), so no weights were averaged; lower it to average")
 
 
 def final_results(run):
@@ -414,6 +463,7 @@ def final_results(run):
     val["at_best_f1_threshold"] = threshold_metrics(val_scores[known], val_truth[known], threshold)
     test, _, _ = evaluate(run, model, "test", best_threshold=threshold)
     results = {"exp_name": run.run_dir.name, "best_epoch": best["best_epoch"] + 1, "best_val_auc": best["best_metric"],
+               "averaged_epochs": best.get("averaged_epochs", 0),
                "val": val, "test": test, "prior": run.prior, "prior_source": run.config["loss"].get("prior_source"),
                "loss_mode": run.config["loss"]["mode"], "consistency": run.config["loss"]["use_consistency"],
                "steps": run.progress["step"], "stopped": run.progress["stopped"],
