@@ -312,7 +312,8 @@ def pick_micrograph(model, path, preprocessing: dict, **options) -> np.ndarray:
 def load_picker(path, device):
     """(model on `device` in eval mode, preprocessing dict) from one of our checkpoints.
 
-    The EMA teacher's weights are used where the checkpoint holds them (they are what was evaluated).
+    The weights are those that were evaluated (`evaluated_model`: the weight average, else the EMA
+    teacher, else the trained model).
     Each BatchNorm is folded into the convolution before it (`torch.fx` fuse): the same function, one
     pass fewer over every feature map (README, section 11, has the speed-up).
     """

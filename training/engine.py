@@ -64,9 +64,14 @@ class Run:
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
     @property
+    def averaged_epochs(self):
+        """Epoch-end teachers in the weight average (0 without model.average_from, or before it)."""
+        return int(self.average.n_averaged) if self.average is not None else 0
+
+    @property
     def evaluated(self):
         """The network val judges and best.pt keeps: the weight average once it holds an epoch, else the teacher."""
-        return self.average.module if self.average is not None and self.average.n_averaged else self.teacher
+        return self.average.module if self.averaged_epochs else self.teacher
 
 
 def build_losses(loss_cfg, prior):
@@ -154,7 +159,7 @@ def fold_into_average(run):
     if run.average is None or schedule_done(run) < run.config["model"]["average_from"]:
         return False
     run.average.update_parameters(run.teacher)
-    return int(run.average.n_averaged) == 1
+    return run.averaged_epochs == 1
 
 
 def autocast(run):
@@ -322,8 +327,8 @@ def save_state(run, name, epoch, step_in_epoch):
         "model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
         "consistency": run.consistency.state_dict() if run.consistency else None,
-        "average": run.average.module.state_dict() if run.average is not None and run.average.n_averaged else None,
-        "averaged_epochs": int(run.average.n_averaged) if run.average is not None else 0,
+        "average": run.average.module.state_dict() if run.averaged_epochs else None,
+        "averaged_epochs": run.averaged_epochs,
         "epoch": epoch, "step": run.progress["step"], "step_in_epoch": step_in_epoch,
         "best_metric": run.progress["best_metric"], "best_epoch": run.progress["best_epoch"],
         "progress": run.progress, "config": run.config, "preprocessing": run.preprocessing,
@@ -403,18 +408,17 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
         step = progress["step"]
         for key in ("auc", "ap", "precision", "recall", "f1", "predicted_positive_rate"):
             run.writer.add_scalar(f"val/{key}", val[key], step)
-        averaged_epochs = int(run.average.n_averaged) if run.average is not None else 0
-        run.writer.add_scalar("val/averaged_epochs", averaged_epochs, step)
+        run.writer.add_scalar("val/averaged_epochs", run.averaged_epochs, step)
         for tag, _ in warnings:
             run.writer.add_scalar(f"health/{tag}", 1.0, step)
         run.writer.flush()
         record = {"epoch": epoch + 1, "step": step, "lr": run.optimizer.param_groups[0]["lr"],
                   "train": parts, "val": {k: v for k, v in val.items() if not isinstance(v, dict)},
                   "warnings": [t for t, _ in warnings], "train_seconds": progress["train_seconds"],
-                  "averaged_epochs": averaged_epochs}
+                  "averaged_epochs": run.averaged_epochs}
         with open(run.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        print_epoch(epoch, cfg["epochs"], parts, val, run.prior, is_best, warnings, averaged_epochs)
+        print_epoch(epoch, cfg["epochs"], parts, val, run.prior, is_best, warnings, run.averaged_epochs)
         if is_best:
             save_state(run, "best.pt", epoch + 1, 0)
     save_state(run, "last.pt", epoch + 1, 0)
@@ -447,7 +451,7 @@ def train(run, start_epoch, skip):
     if run.progress["stopped"] and run.main:
         print(f"\n{run.progress['stopped']}")
         save_state(run, "last.pt", cfg["epochs"], 0)
-    if run.average is not None and not run.average.n_averaged and run.main:
+    if run.average is not None and not run.averaged_epochs and run.main:
         print(f"model.average_from={run.config['model']['average_from']} was never reached (the run ended at "
               f"{schedule_done(run):.2f} of its schedule), so no weights were averaged; lower it to average")
 
