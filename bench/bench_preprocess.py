@@ -61,7 +61,7 @@ SETTINGS = [(module, workers, extra)
 def median_runs(data_root, tmp, repeats):
     """[(module, workers, figures)]: each setting run `repeats` times, the settings interleaved within
     each round so that drift of the machine reaches all alike; the last run's figures, median seconds."""
-    runs = {setting: [] for setting in range(len(SETTINGS))}
+    runs = [[] for _ in SETTINGS]
     for _ in range(repeats):
         for index, (module, workers, extra) in enumerate(SETTINGS):
             out = Path(tmp) / f"{module}_{workers}"
