@@ -1,14 +1,16 @@
 """Pick particles on whole micrographs with a trained checkpoint, and write their coordinates.
 
-Inputs: --checkpoint, a best.pt/last.pt of our training scripts (the EMA teacher's weights are used
-where present; the preprocessing that made the training patches travels in it); --micrographs, a
+Inputs: --checkpoint, a best.pt/last.pt of our training scripts (the weights that were evaluated are
+used: the weight average, else the EMA teacher; the preprocessing that made the training patches
+travels in it); --micrographs, a
 folder, a glob pattern, a single micrograph, or a .txt list (one path per line, relative paths
 taken from the list's folder). Micrographs of any size are rescaled by the checkpoint's scale, so
 particles have the training diameter; unreadable micrographs are skipped and counted.
 
 Each micrograph is scored densely (picking/score.py: windows every --stride rescaled px, batched on
 the device; with --peak-rescore, the default, one more window per peak at its sub-cell position, so
-particles do not rank by where the grid fell), and the score map becomes picks by non-maximum
+particles do not rank by where the grid fell, its logit the mean over --peak-symmetries rotations of
+the window), and the score map becomes picks by non-maximum
 suppression at --min-distance-fraction x
 the particle diameter (0.5 by default, Topaz's extract radius: particles often sit closer than one
 diameter), above --threshold (a logit; default -6, sigmoid 0.0025, the threshold of the Topaz reference
@@ -42,11 +44,12 @@ from datasets.errors import InputError, exit_on_input_error
 from datasets.micrographs import list_micrographs
 from datasets.overlay import save_overlay_png
 from datasets.preprocess_run import to_scaled
-from picking.score import SCORING_METHODS, load_picker, pick_prepared, prepare_for_picking, scoring_method
+from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, load_picker, pick_prepared,
+                           prepare_for_picking, scoring_method)
 from picking.writers import FORMATS, is_done, open_manifest, record, write_combined_coco, write_picks
 
 DEFAULT_THRESHOLD = -6.0
-PICK_SETTINGS = ("checkpoint_sha256", "stride", "peak_rescore", "min_distance_px", "threshold",
+PICK_SETTINGS = ("checkpoint_sha256", "stride", "peak_rescore", "peak_symmetries", "min_distance_px", "threshold",
                  "expected_particles", "edge_margin_px", "scoring", "precision")
 
 
@@ -74,6 +77,9 @@ def get_args_parser():
     parser.add_argument("--peak-rescore", action=argparse.BooleanOptionalAction, default=True,
                         help="score one more window per peak, at its sub-cell position, and keep the higher "
                              "logit (default on: +4%% windows, the ranking of a grid at half the stride)")
+    parser.add_argument("--peak-symmetries", type=int, choices=PEAK_SYMMETRIES, default=DEFAULT_PEAK_SYMMETRIES,
+                        help="views of each rescored peak window averaged: 1 (as is), 4 (rotations by 90 degrees) "
+                             "or 8 (and their mirrors; the training augmentation's views) (default %(default)s)")
     parser.add_argument("--min-distance-fraction", type=float, default=0.5,
                         help="minimum distance between picks, x particle diameter (default %(default)s)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -147,6 +153,9 @@ def check_options(args) -> None:
                         ("--expected-particles", 1 if args.expected_particles is None else args.expected_particles)):
         if value <= 0:
             raise InputError(f"{name} {value} must be positive")
+    if args.peak_symmetries > 1 and not args.peak_rescore:
+        raise InputError(f"--peak-symmetries {args.peak_symmetries} averages views of the rescored peaks; "
+                         f"drop --no-peak-rescore, or --peak-symmetries 1 to score the grid alone")
 
 
 def pick_settings(args, preprocessing, device) -> dict:
@@ -162,6 +171,7 @@ def pick_settings(args, preprocessing, device) -> dict:
     precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     edge_margin = diameter / 2 if args.edge_margin is None else args.edge_margin
     return {"checkpoint_sha256": file_sha256(args.checkpoint), "stride": stride, "peak_rescore": args.peak_rescore,
+            "peak_symmetries": args.peak_symmetries,
             "min_distance_px": args.min_distance_fraction * diameter,
             "threshold": args.threshold, "expected_particles": args.expected_particles,
             "edge_margin_px": edge_margin, "diameter_px": diameter,
@@ -187,7 +197,7 @@ def pick_one(args, model, preprocessing, settings, path, micrograph, overlay):
                               device=settings["device"], expected_particles=settings["expected_particles"],
                               edge_margin_px=settings["edge_margin_px"], batch_size=settings["batch_size"],
                               method=settings["scoring"], bf16=settings["precision"] == "bf16",
-                              rescore_peaks=settings["peak_rescore"])
+                              rescore_peaks=settings["peak_rescore"], peak_symmetries=settings["peak_symmetries"])
     write_picks(args.output_dir, stem, path, particles, settings["diameter_px"], settings["formats"])
     if overlay:
         save_overlay(args.output_dir, stem, micrograph, particles, settings["diameter_px"], args.overlay_threshold)

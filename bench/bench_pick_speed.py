@@ -22,6 +22,7 @@ import mrcfile
 import evaluate_picks
 import pick_particles
 from datasets.micrographs import list_micrographs, read_micrograph
+from picking.score import DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES
 
 
 def as_mrc(paths, folder):
@@ -36,11 +37,16 @@ def as_mrc(paths, folder):
     return copies
 
 
-def time_ours(checkpoint, micrographs, out, stride, precision, rescore, ground_truth):
+def peak_options(symmetries: int) -> list[str]:
+    """pick_particles flags for peak rescoring with `symmetries` views (0: no rescoring)."""
+    return ["--no-peak-rescore", "--peak-symmetries", "1"] if symmetries == 0 else ["--peak-symmetries", str(symmetries)]
+
+
+def time_ours(checkpoint, micrographs, out, stride, precision, symmetries, ground_truth):
     start = time.time()
     pick_particles.main(["--checkpoint", str(checkpoint), "--micrographs", str(micrographs), "--output-dir", str(out),
                          "--device", "cpu", "--precision", precision, *(["--stride", str(stride)] if stride else []),
-                         "--peak-rescore" if rescore == "on" else "--no-peak-rescore"])
+                         *peak_options(symmetries)])
     seconds = time.time() - start
     scores = {}
     if ground_truth:
@@ -100,8 +106,10 @@ def main(argv=None):
     parser.add_argument("--ground-truth")
     parser.add_argument("--strides", nargs="+", type=int, default=[0], help="0 = the default stride")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
-    parser.add_argument("--peak-rescore", nargs="+", default=["on"], choices=["on", "off"],
-                        help="pick with and/or without rescoring the peaks (pick_particles.py --peak-rescore)")
+    parser.add_argument("--peak-symmetries", nargs="+", type=int, default=[DEFAULT_PEAK_SYMMETRIES],
+                        choices=[0, *PEAK_SYMMETRIES],
+                        help="views averaged at each rescored peak (pick_particles.py --peak-symmetries); "
+                             "0: no peak rescoring (default %(default)s)")
     parser.add_argument("--topaz-model", help="a trained Topaz .sav (else a throwaway one is trained)")
     parser.add_argument("--topaz-only", action="store_true", help="time Topaz only")
     args = parser.parse_args(argv)
@@ -109,11 +117,12 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stride in [] if args.topaz_only else args.strides:
-            for precision, rescore in itertools.product(args.precisions, args.peak_rescore):
-                out = Path(tmp) / f"ours_{stride}_{precision}_{rescore}"
-                seconds, scores = time_ours(args.checkpoint, args.micrographs, out, stride, precision, rescore,
+            for precision, symmetries in itertools.product(args.precisions, args.peak_symmetries):
+                out = Path(tmp) / f"ours_{stride}_{precision}_{symmetries}"
+                seconds, scores = time_ours(args.checkpoint, args.micrographs, out, stride, precision, symmetries,
                                             args.ground_truth)
-                rows.append((f"ours stride {stride or 'default'} {precision} rescore {rescore}", seconds / n,
+                peaks = f"{symmetries} views" if symmetries else "off"
+                rows.append((f"ours stride {stride or 'default'} {precision} peaks {peaks}", seconds / n,
                              scores.get("auprc")))
         if shutil.which("topaz"):
             work = Path(tmp) / "topaz"

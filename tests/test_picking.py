@@ -14,7 +14,7 @@ from datasets.synthetic import SPECIES_STREAM, SyntheticConfig, generate_microgr
 from models.resnet import build_model
 from picking.evaluate import precision_recall
 from picking.score import (load_picker, pick_micrograph, picks_from_score_map, rescore_at_peaks, score_micrograph,
-                           window_grid)
+                           square_symmetries, window_grid, window_scorer)
 from picking.writers import pick_files, record, write_combined_coco, write_picks
 from training.checkpoint import save_checkpoint
 
@@ -200,7 +200,7 @@ class ParaboloidScorer:
     def __init__(self):
         self.seen = []
 
-    def __call__(self, centres_xy):
+    def __call__(self, centres_xy, symmetries=1):
         self.seen.append(centres_xy.clone())
         x, y = centres_xy[:, 0].double(), centres_xy[:, 1].double()
         return (5 - ((x - 103) ** 2 + (y - 57) ** 2) / 100).float()
@@ -227,6 +227,42 @@ def test_peak_rescoring_keeps_the_picks_and_raises_their_scores(synthetic):
     order = np.lexsort(plain[:, :2].T), np.lexsort(rescored[:, :2].T)
     np.testing.assert_array_equal(plain[order[0], :2], rescored[order[1], :2])
     assert np.all(rescored[order[1], 3] >= plain[order[0], 3]) and np.any(rescored[order[1], 3] > plain[order[0], 3])
+
+
+class PixelWeightScorer(torch.nn.Module):
+    """A classifier with no symmetry: the logit is the window's pixels weighted by a fixed random map."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.weights = torch.nn.Parameter(torch.randn(size, size, generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, x):
+        return (x[:, 0] * self.weights).sum(dim=(1, 2))
+
+
+def test_square_symmetries_are_the_eight_distinct_views():
+    patch = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = [view[0, 0].numpy() for view in square_symmetries(patch, 8)]
+    expected = [np.rot90(image, k) for image in (patch[0, 0].numpy(), patch[0, 0].numpy()[:, ::-1]) for k in range(4)]
+    for view, want in zip(views, expected, strict=True):
+        np.testing.assert_array_equal(view, want)
+    assert len({view.tobytes() for view in views}) == 8
+    assert [len(list(square_symmetries(patch, count))) for count in (1, 4)] == [1, 4]
+
+
+@pytest.mark.parametrize("symmetries", [4, 8])
+def test_symmetry_averaged_logits_are_the_mean_over_the_rotated_and_mirrored_windows(synthetic, symmetries):
+    folder, _ = synthetic
+    micrograph, _ = prepare_micrograph(mrcfile.read(folder / "synthetic_0.mrc"), PREPROCESSING["scale"], 4.0)
+    model = PixelWeightScorer(PREPROCESSING["input_size"])
+    scorer, _ = window_scorer(model, micrograph, patch_size=128, input_size=64, stride=16, device="cpu", bf16=False)
+    centres = torch.tensor([[100, 60], [300, 420], [0, 0], [512, 300]])
+    windows = scorer._network_input(centres)[:, 0].numpy()
+    weights = model.weights.detach().numpy()
+    views = [np.rot90(image, k, axes=(1, 2)) for image in (windows, windows[:, :, ::-1]) for k in range(4)]
+    expected = np.mean([(view * weights).sum(axis=(1, 2)) for view in views[:symmetries]], axis=0)
+    np.testing.assert_allclose(scorer(centres, symmetries).numpy(), expected, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(scorer(centres, 1).numpy(), expected, atol=1e-1)
 
 
 def test_rerun_skips_done_micrographs_and_repicks_deleted_ones(checkpoint, synthetic, tmp_path):
@@ -306,6 +342,16 @@ def test_bad_pick_options_are_refused_before_the_model_loads(option, synthetic, 
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"error: {option[0]} {option[1]}") and error.endswith("must be positive")
+    assert not (tmp_path / "picks").exists()
+
+
+def test_peak_symmetries_without_peak_rescoring_is_refused(synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    with pytest.raises(SystemExit) as exit_info:
+        pick_cli(tmp_path / "missing.pt", folder, tmp_path / "picks", "--peak-symmetries", "8", "--no-peak-rescore")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --peak-symmetries 8") and "--no-peak-rescore" in error and "\n" not in error
     assert not (tmp_path / "picks").exists()
 
 
