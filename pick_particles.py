@@ -233,7 +233,8 @@ def run(args) -> dict:
     if "coco" in settings["formats"]:
         write_combined_coco(output_dir, manifest)
     return {"output_dir": str(output_dir), "micrographs": len(paths), "skipped": len(paths) - len(todo),
-            **counts, "seconds": seconds, "seconds_per_micrograph": seconds / counts["picked"] if counts["picked"] else None,
+            **counts, "seconds": seconds,
+            "seconds_per_micrograph": seconds / counts["picked"] if counts["picked"] else None,
             "settings": settings}
 
 

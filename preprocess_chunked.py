@@ -117,7 +117,8 @@ def run(config, args, shard):
     if shard is not None:
         records = [r for r in records if r.index % shard[1] == shard[0]]
     radius_px = pre["positive_radius"] * diameter * scale
-    sampler = partial(sliding_sampler, size=pre["patch_size"], stride=pre["stride"], radius=radius_px, ratio=pre["ratio"])
+    sampler = partial(sliding_sampler, size=pre["patch_size"], stride=pre["stride"], radius=radius_px,
+                      ratio=pre["ratio"])
     stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()), "annotations": data["annotations"],
               "shard": args.shard, "particle_diameter_px": diameter, "scale": scale,
               "label_source": report["label_source"]}

@@ -63,7 +63,8 @@ if [[ $DEMO == 1 ]]; then
   if [[ -f "${DATA_ROOT}/dataset.json" ]]; then skip synthetic_data "${DATA_ROOT}/dataset.json"
   else
     # shellcheck disable=SC2086  # SYNTHETIC_ARGS is a list of flags
-    stage synthetic_data "$PYTHON" make_synthetic_dataset.py --out "$DATA_ROOT" --num-workers "$NUM_WORKERS" $SYNTHETIC_ARGS
+    stage synthetic_data "$PYTHON" make_synthetic_dataset.py --out "$DATA_ROOT" --num-workers "$NUM_WORKERS" \
+        $SYNTHETIC_ARGS
   fi
 fi
 

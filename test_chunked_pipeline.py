@@ -186,7 +186,8 @@ def test_offcentre_unlabeled_joins_the_unlabeled_set_beside_any_particle(tiny, t
 
 def test_offcentre_off_gives_only_far_negatives_and_bad_range_is_refused(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--offcentre-per-pos", "0", "--random-per-pos", "0"))
+    summary = preprocess_coco_full_dataset.main(
+        coco_args(tiny, out, "--offcentre-per-pos", "0", "--random-per-pos", "0"))
     meta, train = load_split(out, "train")
     assert summary["priors"]["offcentre_per_pos_achieved"] == 0
     table, _ = read_coco(tiny / "annotations" / "instances_train.json")
@@ -228,7 +229,8 @@ def test_offcentre_known_negatives_lie_beside_labeled_particles(tiny, tmp_path):
 
 def test_random_windows_join_the_unlabeled_set_and_pi_counts_the_centred_ones(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    summary = preprocess_coco_full_dataset.main(coco_args(tiny, out, "--random-per-pos", "10", "--centre-radius", "0.4"))
+    summary = preprocess_coco_full_dataset.main(
+        coco_args(tiny, out, "--random-per-pos", "10", "--centre-radius", "0.4"))
     baseline = preprocess_coco_full_dataset.main(coco_args(tiny, tmp_path / "none", "--random-per-pos", "0"))
     table, _ = read_coco(tiny / "annotations" / "instances_train.json")
     for split in ("train", "val"):

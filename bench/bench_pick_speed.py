@@ -39,7 +39,9 @@ def as_mrc(paths, folder):
 
 def peak_options(symmetries: int) -> list[str]:
     """pick_particles flags for peak rescoring with `symmetries` views (0: no rescoring)."""
-    return ["--no-peak-rescore", "--peak-symmetries", "1"] if symmetries == 0 else ["--peak-symmetries", str(symmetries)]
+    if symmetries == 0:
+        return ["--no-peak-rescore", "--peak-symmetries", "1"]
+    return ["--peak-symmetries", str(symmetries)]
 
 
 def time_ours(checkpoint, micrographs, out, stride, precision, symmetries, ground_truth):

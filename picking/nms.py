@@ -82,8 +82,9 @@ def peak_picks(score_map: torch.Tensor, min_distance: float, threshold: float | 
     """Picks from a score map [H, W] (or a batch [B, H, W]) on any device.
 
     min_distance is in map pixels; picks score at least `threshold`. Pass logits rather than
-    probabilities: a saturated sigmoid (exactly 1.0) turns particles into plateaus. Returns (ys, xs, scores) as numpy arrays (int64, int64, float64) in
-    descending score, at most `max_picks` long; for a batch, a list of such triples, one per map.
+    probabilities: a saturated sigmoid (exactly 1.0) turns particles into plateaus. Returns (ys, xs,
+    scores) as numpy arrays (int64, int64, float64) in descending score, at most `max_picks` long;
+    for a batch, a list of such triples, one per map.
     """
     if score_map.dim() not in (2, 3):
         raise ValueError(f"score_map must be [H, W] or [B, H, W], got shape {tuple(score_map.shape)}")

@@ -116,7 +116,8 @@ class WindowScorer:
     def __init__(self, model, image_uint8: np.ndarray, *, patch_size: int, input_size: int, device, method: str,
                  normalization: str, bf16: bool, batch_size: int):
         self.model, self.device, self.bf16, self.batch_size = prepare_model(model, device), device, bf16, batch_size
-        self.patch_size, self.input_size, self.method, self.normalization = patch_size, input_size, method, normalization
+        self.patch_size, self.input_size = patch_size, input_size
+        self.method, self.normalization = method, normalization
         self.factor = patch_size // input_size if method == "downsample" else 1
         self.padded = _padded(image_uint8, patch_size // 2, self.factor, device)
         if method == "downsample":

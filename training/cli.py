@@ -20,7 +20,8 @@ def add_common_flags(parser):
     parser.add_argument("--device", help="cuda, cuda:0 or cpu (default: cuda when available)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader worker processes (mmap/memory modes; on_demand reads in the main process)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override any config key")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override any config key")
     return parser
 
 
