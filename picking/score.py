@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse as fold_batch_norm
 
-from datasets.augment import normalise
+from datasets.augment import dihedral_index_maps, normalise
 from datasets.errors import InputError
 from datasets.micrographs import prepare_micrograph, read_micrograph
 from datasets.preprocess_run import to_original
@@ -154,10 +154,13 @@ class WindowScorer:
 
 
 def square_symmetries(batch: torch.Tensor, count: int):
-    """The first `count` (1, 4 or 8) of the square's 8 symmetries of a batch [N, C, S, S]: rotations by
-    0, 90, 180 and 270 degrees, then the same of the mirrored batch (the weak augmentation's views)."""
-    for k in range(count):
-        yield torch.rot90(batch.flip(3) if k >= 4 else batch, k % 4, dims=(2, 3))
+    """The first `count` (1, 4 or 8) of the square's 8 symmetries of a batch [N, C, S, S], in the weak
+    augmentation's order (`dihedral_index_maps`: rotations by 0, 90, 180 and 270 degrees, then the same
+    of the mirrored batch). The first is the batch itself, not a copy (the score map's path)."""
+    yield batch
+    flat = batch.flatten(2)
+    for source in dihedral_index_maps(batch.shape[-1], batch.device)[1:count]:
+        yield flat[:, :, source.flatten()].view_as(batch)
 
 
 def _shrunk(image: torch.Tensor, factor: int) -> torch.Tensor:
