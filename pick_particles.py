@@ -77,9 +77,10 @@ def get_args_parser():
     parser.add_argument("--peak-rescore", action=argparse.BooleanOptionalAction, default=True,
                         help="score one more window per peak, at its sub-cell position, and keep the higher "
                              "logit (default on: +4%% windows, the ranking of a grid at half the stride)")
-    parser.add_argument("--peak-symmetries", type=int, choices=PEAK_SYMMETRIES, default=DEFAULT_PEAK_SYMMETRIES,
+    parser.add_argument("--peak-symmetries", type=int, choices=PEAK_SYMMETRIES,
                         help="views of each rescored peak window averaged: 1 (as is), 4 (rotations by 90 degrees) "
-                             "or 8 (and their mirrors; the training augmentation's views) (default %(default)s)")
+                             f"or 8 (and their mirrors; the training augmentation's views) (default "
+                             f"{DEFAULT_PEAK_SYMMETRIES}; with --no-peak-rescore, 1)")
     parser.add_argument("--min-distance-fraction", type=float, default=0.5,
                         help="minimum distance between picks, x particle diameter (default %(default)s)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -153,7 +154,7 @@ def check_options(args) -> None:
                         ("--expected-particles", 1 if args.expected_particles is None else args.expected_particles)):
         if value <= 0:
             raise InputError(f"{name} {value} must be positive")
-    if args.peak_symmetries > 1 and not args.peak_rescore:
+    if args.peak_symmetries is not None and args.peak_symmetries > 1 and not args.peak_rescore:
         raise InputError(f"--peak-symmetries {args.peak_symmetries} averages views of the rescored peaks; "
                          f"drop --no-peak-rescore, or --peak-symmetries 1 to score the grid alone")
 
@@ -171,7 +172,7 @@ def pick_settings(args, preprocessing, device) -> dict:
     precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     edge_margin = diameter / 2 if args.edge_margin is None else args.edge_margin
     return {"checkpoint_sha256": file_sha256(args.checkpoint), "stride": stride, "peak_rescore": args.peak_rescore,
-            "peak_symmetries": args.peak_symmetries,
+            "peak_symmetries": args.peak_symmetries or (DEFAULT_PEAK_SYMMETRIES if args.peak_rescore else 1),
             "min_distance_px": args.min_distance_fraction * diameter,
             "threshold": args.threshold, "expected_particles": args.expected_particles,
             "edge_margin_px": edge_margin, "diameter_px": diameter,

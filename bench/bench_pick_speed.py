@@ -39,9 +39,7 @@ def as_mrc(paths, folder):
 
 def peak_options(symmetries: int) -> list[str]:
     """pick_particles flags for peak rescoring with `symmetries` views (0: no rescoring)."""
-    if symmetries == 0:
-        return ["--no-peak-rescore", "--peak-symmetries", "1"]
-    return ["--peak-symmetries", str(symmetries)]
+    return ["--no-peak-rescore"] if symmetries == 0 else ["--peak-symmetries", str(symmetries)]
 
 
 def time_ours(checkpoint, micrographs, out, stride, precision, symmetries, ground_truth):

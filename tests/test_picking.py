@@ -355,6 +355,16 @@ def test_peak_symmetries_without_peak_rescoring_is_refused(synthetic, tmp_path, 
     assert not (tmp_path / "picks").exists()
 
 
+def test_no_peak_rescore_alone_picks_the_grid_and_the_manifest_records_one_view(checkpoint, synthetic, tmp_path):
+    folder, _ = synthetic
+    plain = pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path / "plain", "--stride", "16", "--no-peak-rescore")
+    rescored = pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path / "rescored", "--stride", "16")
+    assert (plain["picked"], rescored["picked"]) == (1, 1)
+    settings = [json.loads((tmp_path / name / "manifest.json").read_text())["settings"]
+                for name in ("plain", "rescored")]
+    assert [(s["peak_rescore"], s["peak_symmetries"]) for s in settings] == [(False, 1), (True, 4)]
+
+
 def test_picks_keep_out_of_the_edge_margin(checkpoint, synthetic, tmp_path):
     folder, _ = synthetic
     margin = 60.0
