@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.coordinates import micrograph_stem, read_coordinates
-from datasets.errors import InputError, exit_on_input_error
+from datasets.io.coordinates import micrograph_stem, read_coordinates
+from common.errors import InputError, exit_on_input_error
 from picking.evaluate import precision_recall, save_pr_curve_png
 from picking.writers import MANIFEST
-from utils.files import atomic_write_json
+from common.files import atomic_write_json
 
 FORMATS = {"star": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
 CURVE_POINTS = 1000

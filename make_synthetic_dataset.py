@@ -15,8 +15,8 @@ import argparse
 import time
 from dataclasses import fields
 
-from datasets.errors import exit_on_input_error
-from datasets.synthetic import SyntheticConfig, config_from_args, write_dataset
+from common.errors import exit_on_input_error
+from synthetic.simulator import SyntheticConfig, config_from_args, write_dataset
 
 HELP = {
     "num_train": "train micrographs", "num_val": "val micrographs", "num_test": "test micrographs",

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.coordinates import micrograph_stem
-from datasets.errors import InputError, exit_on_input_error
-from datasets.micrographs import list_micrographs
-from datasets.overlay import save_overlay_png
-from datasets.preprocess_run import to_scaled
+from datasets.io.coordinates import micrograph_stem
+from common.errors import InputError, exit_on_input_error
+from datasets.io.micrographs import list_micrographs
+from picking.overlay import save_overlay_png
+from datasets.geometry import to_scaled
 from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, load_picker, pick_prepared,
                            prepare_for_picking, scoring_method)
 from picking.writers import FORMATS, is_done, open_manifest, record, write_combined_coco, write_picks
@@ -125,12 +125,12 @@ def resolve_micrographs(spec: str) -> list[Path]:
     return found
 
 
-def read_ahead(paths, preprocessing):
+def read_ahead(paths, facts):
     """(path, PreparedMicrograph or InputError) in order; the next micrograph is read while the current
     one is scored."""
     def prepare(path):
         try:
-            return prepare_for_picking(path, preprocessing)
+            return prepare_for_picking(path, facts)
         except InputError as error:
             return error
 
@@ -159,15 +159,16 @@ def check_options(args) -> None:
                          f"drop --no-peak-rescore, or --peak-symmetries 1 to score the grid alone")
 
 
-def pick_settings(args, preprocessing, device) -> dict:
+def pick_settings(args, picker, device) -> dict:
     """The resolved settings (distances in original px, stride in rescaled px) recorded in the manifest.
 
     The checkpoint's sha256 is among them: a model retrained into the same best.pt makes a rerun refuse
     the folder's old picks instead of counting them as done.
     """
-    diameter = float(preprocessing["particle_diameter_px"])
-    factor = max(1, preprocessing["patch_size"] // preprocessing["input_size"])
-    rescaled_diameter = diameter * preprocessing["scale"]
+    facts, input_size = picker.facts, picker.spec.input_size
+    diameter = float(facts.particle_diameter_px)
+    factor = max(1, facts.patch_size // input_size)
+    rescaled_diameter = diameter * facts.scale
     stride = args.stride or max(factor, int(round(rescaled_diameter / 4 / factor)) * factor)
     precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     edge_margin = diameter / 2 if args.edge_margin is None else args.edge_margin
@@ -176,7 +177,7 @@ def pick_settings(args, preprocessing, device) -> dict:
             "min_distance_px": args.min_distance_fraction * diameter,
             "threshold": args.threshold, "expected_particles": args.expected_particles,
             "edge_margin_px": edge_margin, "diameter_px": diameter,
-            "scoring": scoring_method(preprocessing["patch_size"], preprocessing["input_size"], stride, args.scoring),
+            "scoring": scoring_method(facts.patch_size, input_size, stride, args.scoring),
             "precision": precision, "device": str(device), "batch_size": args.batch_size,
             "formats": sorted(set(args.formats))}
 
@@ -189,11 +190,11 @@ def save_overlay(output_dir, stem, micrograph, particles, diameter, threshold):
     save_overlay_png(micrograph.image, xy, diameter * float(np.mean(micrograph.scale_xy)), path)
 
 
-def pick_one(args, model, preprocessing, settings, path, micrograph, overlay):
+def pick_one(args, picker, settings, path, micrograph, overlay):
     """Pick one prepared micrograph, write its files (and overlay); its manifest entry."""
     started = time.perf_counter()
     stem = micrograph_stem(path)
-    particles = pick_prepared(model, micrograph, preprocessing, stride=settings["stride"],
+    particles = pick_prepared(picker, micrograph, stride=settings["stride"],
                               min_distance_px=settings["min_distance_px"], threshold=settings["threshold"],
                               device=settings["device"], expected_particles=settings["expected_particles"],
                               edge_margin_px=settings["edge_margin_px"], batch_size=settings["batch_size"],
@@ -211,8 +212,8 @@ def run(args) -> dict:
     check_options(args)
     paths = resolve_micrographs(args.micrographs)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, preprocessing = load_picker(args.checkpoint, device)
-    settings = pick_settings(args, preprocessing, device)
+    picker = load_picker(args.checkpoint, device)
+    settings = pick_settings(args, picker, device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS)
@@ -220,13 +221,13 @@ def run(args) -> dict:
     todo = [p for p in paths if not is_done(output_dir, manifest, micrograph_stem(p), settings["formats"])]
     counts = {"picked": 0, "failed": 0, "picks": 0}
     started = time.perf_counter()
-    for path, micrograph in tqdm(read_ahead(todo, preprocessing), total=len(todo), desc="picking", unit="micrograph"):
+    for path, micrograph in tqdm(read_ahead(todo, picker.facts), total=len(todo), desc="picking", unit="micrograph"):
         if isinstance(micrograph, InputError):
             warnings.warn(str(micrograph))
             entry = {"stem": micrograph_stem(path), "path": str(Path(path).resolve()), "status": "failed",
                      "reason": str(micrograph)}
         else:
-            entry = pick_one(args, model, preprocessing, settings, path, micrograph, micrograph_stem(path) in overlaid)
+            entry = pick_one(args, picker, settings, path, micrograph, micrograph_stem(path) in overlaid)
             counts["picks"] += entry["n_picks"]
         counts["picked" if entry["status"] == "done" else "failed"] += 1
         record(output_dir, manifest, entry)

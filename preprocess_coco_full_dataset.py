@@ -1,10 +1,10 @@
-"""COCO / CryoPPP particle annotations -> a PU split in chunked .pt files (the training guide's step 1).
+"""COCO / CryoPPP particle annotations -> a PU split in chunked .pt files.
 
 Inputs: --data-root in the CryoTransformer layout (`{train,val,test}/` micrographs,
 `annotations/instances_<split>.json`, else `particle_coordinates/<stem>.csv`; `ground_truth/` when the
 complete truth is known, as for make_synthetic_dataset.py output), configs/coco_pu_preprocessing.yaml.
-Outputs, in --output-dir: `{train,val,test}_chunk_0000.pt ...` (DESIGN.md's chunk contract) and
-metadata.json with the micrograph table, counts and the priors.
+Outputs, in --output-dir: `{train,val,test}_chunk_0000.pt ...` (the chunk contract of docs/data.md) and
+metadata.json with the preprocessing facts, the micrograph table, counts and the priors.
 
 Per train micrograph: a seeded `hide_ratio` of the particles is hidden (their particle-centred patches
 go to the unlabeled set), the rest are labeled positives; `neg_per_pos` negatives per particle are cut at
@@ -15,8 +15,8 @@ particle, so the classifier learns where a particle's centre is and picks do not
 `offcentre_label: known_negative` (the default) they lie beside the labeled particles and are known
 negatives (label -1); with `unlabeled` they lie beside any particle and join the unlabeled set.
 Val/test keep true labels for evaluation.
-prior_unlabeled = hidden / (hidden + background) is the pi nnPU needs; positive_fraction is the guide's
-positives / all patches, kept for comparison only.
+prior_unlabeled = hidden / (hidden + background) is the pi nnPU needs (datasets/prior.py);
+positive_fraction, positives / all patches, is kept for comparison only.
 
     python preprocess_coco_full_dataset.py --data-root data/synthetic --output-dir data/chunks/coco_pu \
         --patch-size 128 --hide-ratio 0.3 --neg-per-pos 1.0 --seed 42
@@ -26,30 +26,24 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-from datasets.errors import InputError, exit_on_input_error
-from datasets.layout import dataset_diameter, load_dataset
-from datasets.patch_sampling import coco_pu_samples
-from datasets.preprocess_run import (add_preprocessing_flags, counted_prior, parse_shard, positive_fraction,
-                                     print_summary, run_preprocessing)
-from preprocess_chunked import shard_dir
-from utils.config import resolve_config
+from common.errors import InputError, exit_on_input_error
+from datasets.io.layout import SPLITS, load_dataset
+from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, parse_shard,
+                                          resolve_preprocessing_config, shard_dir)
+from datasets.preprocessing.run import preprocessing_facts, print_summary, run_preprocessing
+from datasets.prior import counted_prior
+from datasets.sampling.coco_pu import coco_pu_samples
 
 TOOL = "preprocess_coco_full_dataset"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "coco_pu_preprocessing.yaml"
 OFFCENTRE_LABELS = ("unlabeled", "known_negative")
-FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations",
-             "known_negatives": "data.known_negatives",
-             "output_dir": "data.output_dir", "patch_size": "preprocessing.patch_size",
-             "target_diameter": "preprocessing.target_diameter",
-             "particle_diameter": "preprocessing.particle_diameter",
-             "native_resolution": "preprocessing.native_resolution", "hide_ratio": "preprocessing.hide_ratio",
+FLAG_KEYS = {**SHARED_FLAG_KEYS, "known_negatives": "data.known_negatives", "hide_ratio": "preprocessing.hide_ratio",
              "neg_per_pos": "preprocessing.neg_per_pos", "neg_min_distance": "preprocessing.neg_min_distance",
              "offcentre_per_pos": "preprocessing.offcentre_per_pos",
              "offcentre_distance": "preprocessing.offcentre_distance",
              "offcentre_label": "preprocessing.offcentre_label",
              "random_per_pos": "preprocessing.random_per_pos", "centre_radius": "preprocessing.centre_radius",
-             "max_images_train": "preprocessing.max_images_train", "chunk_size": "preprocessing.chunk_size",
-             "seed": "preprocessing.seed"}
+             "max_images_train": "preprocessing.max_images_train"}
 
 
 def get_args_parser():
@@ -73,8 +67,7 @@ def get_args_parser():
 
 
 def resolve(args):
-    flags = {dotted: getattr(args, name) for name, dotted in FLAG_KEYS.items()}
-    config = resolve_config(DEFAULT_CONFIG, args.config, flags, args.set)
+    config = resolve_preprocessing_config(args, DEFAULT_CONFIG, FLAG_KEYS)
     pre = config["preprocessing"]
     if not 0.0 <= pre["hide_ratio"] < 1.0:
         raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
@@ -96,19 +89,17 @@ def resolve(args):
 
 
 def coco_priors(metadata):
-    """prior_unlabeled (pi for nnPU), the guide's positive_fraction, and the achieved negative ratio."""
+    """prior_unlabeled (pi for nnPU), positive_fraction, and the achieved negative ratio."""
     counts = metadata["splits"]["train"]["counts"]
     done = [m for m in metadata["micrographs"] if m.get("split") == "train" and m.get("status") == "done"]
     wanted = sum(m["negatives_wanted"] for m in done)
     found = sum(m["negatives_found"] for m in done)
     offcentre = sum(m["offcentre_found"] for m in done)
     particles = sum(m["n_particles"] for m in done)
-    return {"prior_unlabeled": counted_prior(counts), "method": "counted",
-            "positive_fraction": positive_fraction(counts),
-            "neg_per_pos_requested": metadata["config"]["neg_per_pos"],
-            "neg_per_pos_achieved": found / particles if particles else 0.0,
-            "offcentre_per_pos_achieved": offcentre / particles if particles else 0.0,
-            "negatives_short": wanted - found}
+    return counted_prior(counts, neg_per_pos_requested=metadata["config"]["neg_per_pos"],
+                         neg_per_pos_achieved=found / particles if particles else 0.0,
+                         offcentre_per_pos_achieved=offcentre / particles if particles else 0.0,
+                         negatives_short=wanted - found)
 
 
 def select_train(records, max_images):
@@ -124,37 +115,36 @@ def run(config, args, shard):
     records, report = load_dataset(data["data_root"], data["annotations"], pre["seed"], pre["split_fractions"],
                                    known_negatives=data["known_negatives"])
     records = select_train(records, pre["max_images_train"])
-    diameter = dataset_diameter(records, pre["particle_diameter"])
-    scale = 1.0 if pre["native_resolution"] else pre["target_diameter"] / diameter
+    facts = preprocessing_facts(pre, records)
     if shard is not None:
         records = [r for r in records if r.index % shard[1] == shard[0]]
-    sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=diameter * scale,
+    sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=facts.particle_diameter_px * facts.scale,
                       hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
                       neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
                       offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"],
                       random_per_pos=pre["random_per_pos"], centre_radius=pre["centre_radius"])
-    stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()),
-              "annotations": data["annotations"], "known_negatives": data["known_negatives"], "shard": args.shard,
-              "particle_diameter_px": diameter, "scale": scale, "label_source": report["label_source"]}
-    for split in ("train", "val", "test"):
+    stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()), "annotations": data["annotations"],
+              "known_negatives": data["known_negatives"], "shard": args.shard, "label_source": report["label_source"]}
+    for split in SPLITS:
         print(f"Processing {split} split: {sum(r.split == split for r in records)} micrographs")
-    print(f"particle diameter {diameter:g} px, scale {scale:.4f} (particles become {diameter * scale:.1f} px)")
-    summary = run_preprocessing(TOOL, stored, records, sampler, output_dir=shard_dir(data["output_dir"], shard),
-                                resume=not args.no_resume, num_workers=args.num_workers, strict=args.strict,
-                                priors_fn=coco_priors, scale=scale)
+    print(f"particle diameter {facts.particle_diameter_px:g} px, scale {facts.scale:.4f} "
+          f"(particles become {facts.particle_diameter_px * facts.scale:.1f} px)")
+    summary = run_preprocessing(TOOL, stored, records, sampler, facts=facts,
+                                output_dir=shard_dir(data["output_dir"], shard), resume=not args.no_resume,
+                                num_workers=args.num_workers, strict=args.strict, priors_fn=coco_priors)
     if summary["priors"]["negatives_short"] > 0:
         warnings.warn(f"micrographs too dense for {pre['neg_per_pos']} negatives per particle at "
                       f"{pre['neg_min_distance']} diameters: achieved {summary['priors']['neg_per_pos_achieved']:.2f}")
     return summary
 
 
-def print_guide_summary(summary):
+def print_prior_summary(summary):
     train = summary["splits"].get("train", {})
     print(f"\nTrain micrographs: {summary['micrographs_per_split']['train']}")
     print(f"  Positive patches (labeled): {train.get('labeled_positive', 0):,}")
     print(f"  Unlabeled patches: {train.get('hidden_positive', 0) + train.get('background', 0):,}")
     print(f"  prior_unlabeled (pi for nnPU): {summary['priors']['prior_unlabeled']:.4f}")
-    print(f"  positive_fraction (the guide's prior): {summary['priors']['positive_fraction']:.4f}")
+    print(f"  positive_fraction (not pi; positives / all patches): {summary['priors']['positive_fraction']:.4f}")
 
 
 def main(argv=None):
@@ -163,7 +153,7 @@ def main(argv=None):
         config = resolve(args)
         summary = run(config, args, parse_shard(args.shard))
     print_summary(summary)
-    print_guide_summary(summary)
+    print_prior_summary(summary)
     return summary
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline: preprocess (COCO PU split) -> prior from the data -> train (--use-data-prior)
-# -> test patch metrics -> pick the test micrographs -> evaluate the picks.
+# The whole pipeline: preprocess (COCO PU split, prints pi) -> train (--use-data-prior; prints pi and the
+# test patch metrics) -> pick the test micrographs -> evaluate the picks.
 #
 #   ./run_full_training.sh                                   # bundled demo: synthetic micrographs, minutes on a CPU
 #   ./run_full_training.sh --data-root DIR [--config configs/pu_full_fixed.yaml] [--exp-name NAME]
@@ -69,34 +69,26 @@ if [[ $DEMO == 1 ]]; then
 fi
 
 # 1. COCO PU split into chunks (the tool resumes an interrupted run and skips a complete one)
-if "$PYTHON" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("complete") is True else 1)' \
-    "${CHUNKS_DIR}/metadata.json" 2>/dev/null; then
+if grep -qsE '^  "complete": true,?$' "${CHUNKS_DIR}/metadata.json"; then  # the run's flag, not a split's
   skip preprocess "${CHUNKS_DIR}/metadata.json"
 else
   stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
     --num-workers "$NUM_WORKERS"
 fi
 
-# 2. the prior nnPU uses, from the data
-stage prior "$PYTHON" -c "import sys; from datasets.cryoem_chunked_dataset import read_prior; \
-print(f'prior_unlabeled (pi) from {sys.argv[1]}: {read_prior([sys.argv[1]]):.4f}')" "$CHUNKS_DIR"
-
-# 3. training (reruns resume last.pt) and 4. the test patch metrics in results.json
+# 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json
 if [[ -f "${RUN_DIR}/results.json" ]]; then skip train "${RUN_DIR}/results.json"
 else
   stage train "$PYTHON" train_pu_fixed_full.py --config "$CONFIG" --data-dir "$CHUNKS_DIR" --exp-name "$EXP_NAME" \
     --output-root "$EXPERIMENTS" --use-data-prior "${DEVICE_FLAG[@]}"
 fi
-stage test_metrics "$PYTHON" -c "import json, sys; r = json.load(open(sys.argv[1]))['test']; \
-print('test patches: ' + '  '.join(f'{k} {r[k]:.4f}' for k in ('auc', 'ap', 'precision', 'recall', 'f1')))" \
-  "${RUN_DIR}/results.json"
 
-# 5. picking on the test micrographs (a rerun skips micrographs already picked)
+# 3. picking on the test micrographs (a rerun skips micrographs already picked)
 PICK_EXTRA=(); [[ -n "$EXPECTED" ]] && PICK_EXTRA=(--expected-particles "$EXPECTED")
 stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micrographs "${DATA_ROOT}/test" \
   --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}" "${PICK_EXTRA[@]}"
 
-# 6. pick-level evaluation against every particle (ground_truth/ when the data has it)
+# 4. pick-level evaluation against every particle (ground_truth/ when the data has it)
 GROUND_TRUTH=${DATA_ROOT}/annotations/instances_test.json
 [[ -f "$GROUND_TRUTH" ]] || GROUND_TRUTH=${DATA_ROOT}/particle_coordinates
 [[ -d "${DATA_ROOT}/ground_truth" ]] && GROUND_TRUTH=${DATA_ROOT}/ground_truth

@@ -1,4 +1,4 @@
-"""nnPU + FixMatch training on the full chunked dataset (the fixed training guide).
+"""nnPU + FixMatch training on the full chunked dataset.
 
 Inputs: chunk dir(s) from preprocess_coco_full_dataset.py (or preprocess_chunked.py) and a YAML config
 (configs/pu_full_fixed.yaml; named flags and --set section.key=value override any key).
@@ -13,8 +13,8 @@ from training.cli import new_parser, run_training
 
 def get_args_parser():
     parser = new_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--use-data-prior", action="store_true",
-                        help="pi = metadata.json's priors.prior_unlabeled instead of loss.prior")
+    parser.add_argument("--use-data-prior", action="store_true", default=None,
+                        help="loss.use_data_prior: pi = metadata.json's priors.prior_unlabeled instead of loss.prior")
     parser.add_argument("--backbone", help="model.backbone: resnet18 | resnet34 | resnet50 | resnet_tiny")
     parser.add_argument("--epochs", type=int, help="training.epochs")
     parser.add_argument("--batch-size", type=int, help="training.batch_size")
@@ -25,11 +25,10 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.use_data_prior and args.prior is not None:
-        raise SystemExit("error: give either --prior or --use-data-prior, not both")
     flags = {"data.data_dir": args.data_dir, "model.backbone": args.backbone, "training.epochs": args.epochs,
-             "training.batch_size": args.batch_size, "optimizer.lr": args.lr, "loss.prior": args.prior}
-    return run_training(args, flags, args.use_data_prior)
+             "training.batch_size": args.batch_size, "optimizer.lr": args.lr, "loss.prior": args.prior,
+             "loss.use_data_prior": args.use_data_prior}
+    return run_training(args, flags)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from time import perf_counter
 
 import torch
 
-from datasets.cryoem_chunked_dataset import MODES, ChunkStream, CryoEMChunkedDataset, open_chunk_dirs
-from datasets.errors import exit_on_input_error
+from datasets.chunks.loader import MODES, CryoEMChunkedDataset, open_chunk_dirs
+from datasets.chunks.stream import ChunkStream
+from common.errors import exit_on_input_error
 
 
 def drop_page_cache(paths):

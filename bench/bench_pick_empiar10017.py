@@ -1,6 +1,6 @@
 """The EMPIAR-10017 protocol end to end, ours beside Topaz: preprocess, train, pick, evaluate.
 
-Protocol (DESIGN.md): 12 train / 3 val / 5 test micrographs; in each train micrograph a seeded (42)
+Protocol (docs/design.md): 12 train / 3 val / 5 test micrographs; in each train micrograph a seeded (42)
 70% of the particles are labels (preprocess_coco_full_dataset.py --hide-ratio 0.3), the rest unlabeled;
 picks are matched one-to-one within 0.5 x diameter (54 px) to every test particle.
 Ours: configs/cpu_benchmark.yaml (or --config), picking the 5 test micrographs with best.pt.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_pick_speed import as_mrc, topaz_extract, topaz_preprocess, topaz_train
+from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 
 REPO = Path(__file__).resolve().parents[1]
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
@@ -153,7 +153,7 @@ def print_table(results, config):
         print(row("ours (" + Path(config).stem + ")", mine))
     if theirs:
         print(row(f"Topaz GE-binomial ({theirs['epochs']}x{theirs['epoch_size']})", theirs))
-    print(row("Topaz reference (issue 5)", {**TOPAZ_REFERENCE, "train_s": 2476}))
+    print(row("Topaz 0.3.20 reference run", {**TOPAZ_REFERENCE, "train_s": 2476}))
 
 
 if __name__ == "__main__":

@@ -17,24 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import mrcfile
-
 import evaluate_picks
 import pick_particles
-from datasets.micrographs import list_micrographs, read_micrograph
+from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
+from datasets.io.micrographs import list_micrographs
 from picking.score import DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES
-
-
-def as_mrc(paths, folder):
-    """Topaz 0.3.20 cannot preprocess JPEGs: hand it float32 MRC copies (not timed)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for path in paths:
-        copy = folder / f"{Path(path).stem}.mrc"
-        with mrcfile.new(copy, overwrite=True) as handle:
-            handle.set_data(read_micrograph(path))
-        copies.append(str(copy))
-    return copies
 
 
 def peak_options(symmetries: int) -> list[str]:
@@ -53,26 +40,6 @@ def time_ours(checkpoint, micrographs, out, stride, precision, symmetries, groun
         scores = evaluate_picks.main(["--picks", str(out), "--ground-truth", str(ground_truth),
                                       "--output", str(out / "summary.json")])
     return seconds, scores
-
-
-def topaz_preprocess(images, output_dir):
-    """`topaz preprocess` as issue 5's protocol runs it (both benches): 4x binning."""
-    return ["topaz", "preprocess", "-s", "4", "-o", str(output_dir), *map(str, images)]
-
-
-def topaz_train(images_dir, targets, *, pi, epochs, epoch_size, prefix, log):
-    """`topaz train` as issue 5's protocol runs it: GE-binomial at `pi`, minibatches of 256, on the CPU."""
-    return ["topaz", "train", "--train-images", str(images_dir), "--train-targets", str(targets),
-            "--method", "GE-binomial", "--pi", f"{pi:.4f}", "--num-epochs", str(epochs), "--epoch-size",
-            str(epoch_size), "--minibatch-size", "256", "--num-workers", "0", "--device", "-1",
-            "--save-prefix", str(prefix), "-o", str(log)]
-
-
-def topaz_extract(model, images, output):
-    """`topaz extract` as issue 5's protocol runs it: radius 14 binned px (56 px), threshold -6, picks
-    scaled back up 4x."""
-    return ["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", str(model), "--device", "-1",
-            "-o", str(output), *map(str, images)]
 
 
 def throwaway_topaz_model(work, train_dir):

@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from datasets.layout import dataset_diameter, load_dataset
-from datasets.micrographs import read_micrograph
-from datasets.micrographs import prepare_micrograph
+from datasets.io.layout import dataset_diameter, load_dataset
+from datasets.io.micrographs import read_micrograph
+from datasets.io.micrographs import prepare_micrograph
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.synthetic import (SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species,
+from synthetic.simulator import (SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species,
                                 save_micrograph)
 
 

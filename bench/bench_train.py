@@ -10,6 +10,7 @@ and full step / bare model in images through the network per second (goal >= 0.8
     python -m bench.bench_train --data-dir data/chunks/coco_pu --config configs/cpu_benchmark.yaml [--device cuda]
 """
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import torch
 from bench.bench_loader import bench_loader_modes
 from datasets.augment import strong_augment, weak_augment
 from models import build_model
-from training.cli import DEFAULT_CONFIG, preprocessing_facts
-from training.data import network_input
+from datasets.chunks.format import read_facts
+from datasets.prior import ClassPrior
+from models.input import network_input
+from training.cli import DEFAULT_CONFIG
 from training.engine import build_run, new_progress, train_step
-from utils.config import resolve_config
+from common.config import resolve_config
 
 
 def timed(function, steps, device):
@@ -64,11 +67,11 @@ def main(argv=None):
     config = resolve_config(DEFAULT_CONFIG, args.config, {"data.data_dir": args.data_dir})
     batch = config["training"]["batch_size"]
     loader = bench_loader_modes(args.data_dir, "train", batch_size=batch, n_batches=200)
-    run = build_run(config, Path("/tmp/bench_train_run"), device, 0.3, preprocessing_facts(args.data_dir, None))
+    run = build_run(config, Path(tempfile.mkdtemp()), device, read_facts(args.data_dir), ClassPrior(0.3, "bench"))
     run.progress = new_progress()
     batches = run.batches.epoch(0)
     sample = next(batches)
-    x = network_input(sample["patches"], config["data"]["input_size"], device)
+    x = network_input(sample["patches"], run.network_input, device)
     augment = timed(lambda: (weak_augment(x, generator=run.generator), strong_augment(x, generator=run.generator)),
                     args.steps, device)
     step = timed(lambda: train_step(run, sample), args.steps, device)

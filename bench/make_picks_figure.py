@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from datasets.coordinates import read_coco
+from datasets.io.coordinates import read_coco
 from picking.evaluate import match_picks
 from picking.writers import read_picks_back
 

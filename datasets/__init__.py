@@ -1,1 +1,1 @@
-"""Micrograph and annotation readers, the chunk writer, the chunk loader and the PU batch sampler."""
+"""Readers, chunks, patch sampling, preprocessing, π and augmentation: everything between files and batches."""

@@ -1,8 +1,7 @@
 """Batched augmentation of micrograph patches on the device (CPU or CUDA), no per-sample Python.
 
-Order in the training step: `to_float` (uint8 -> float [B, 1, S, S], standardised per patch or per
-micrograph), then
-`resize` where a configuration trains at a smaller size, then `weak_augment` / `strong_augment`.
+Order in the training step: `models.input.network_input` (uint8 -> normalised float [B, 1, s, s] at
+the network's input size), then `weak_augment` / `strong_augment`.
 
 - weak: each patch gets one of the 8 symmetries of the square (rot90 by k = 0..3, with or without a
   mirror flip), then an integer shift of up to `max_shift` px per axis (default S // 16) with
@@ -12,8 +11,9 @@ micrograph), then
   brightness jitter, Gaussian noise with a random sigma per patch (lower SNR), and cutout (one random
   square per patch, filled with the patch mean).
 
-Magnitudes are in units of the standardised patch (std 1). Every random draw comes from the optional
-`generator`, which must live on the device of `x`; a seeded generator makes results reproducible.
+Magnitudes are in units of the normalised patch (about one robust sigma of the micrograph). Every
+random draw comes from the optional `generator`, which must live on the device of `x`; a seeded
+generator makes results reproducible.
 """
 import functools
 import math
@@ -22,52 +22,6 @@ import torch
 import torch.nn.functional as F
 
 DIHEDRAL_TRANSFORMS = 8
-
-
-NORMALIZATIONS = ("patch", "patch_mean", "micrograph")
-MICROGRAPH_CENTRE, MICROGRAPH_LEVELS = 127.5, 32.0
-
-
-def to_float(patches, normalization="patch"):
-    """uint8 patches [B, S, S] or [B, 1, S, S] -> float32 [B, 1, S, S].
-
-    "patch": zero mean, unit std per patch (equal to (x/255 - mean)/std per patch), blind to intensity
-    offsets between micrographs and between ice and carbon; the std is floored at one grey level, so a
-    flat patch maps to zeros instead of amplified quantisation noise.
-    "micrograph": the per-micrograph normalisation of preprocessing kept as it is, (x - 127.5) / 32:
-    the median grey maps to 0 and, with the default clip of 4 robust sigmas to 0..255, one sigma to 1.
-    A faint blob in a quiet window then stays faint instead of being stretched to a patch's full contrast.
-    "patch_mean": each patch's mean subtracted, the micrograph's grey scale (32 levels per unit) kept:
-    blind to offsets (ice gradients, carbon), not to contrast.
-    Picking must normalise each window the same way, by calling this function.
-    """
-    x = patches.float()
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    return normalise(x, normalization)
-
-
-def normalise(x, normalization, mean=None, std=None):
-    """float windows [B, 1, s, s] -> `to_float`'s normalisation, with each window's `mean` and `std`
-    ([B, 1, 1, 1], grey levels) given, or else taken from `x` itself. Picking passes them when it sees
-    the windows shrunk but their statistics come from full resolution."""
-    if normalization == "micrograph":
-        return (x - MICROGRAPH_CENTRE) / MICROGRAPH_LEVELS
-    if normalization == "patch_mean":
-        mean = x.mean(dim=(1, 2, 3), keepdim=True) if mean is None else mean
-        return (x - mean) / MICROGRAPH_LEVELS
-    if normalization != "patch":
-        raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    if mean is None:
-        std, mean = torch.std_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
-    return (x - mean) / std.clamp(min=1.0)
-
-
-def resize(x, size):
-    """Resample [B, C, S, S] to [B, C, size, size] (bilinear, antialiased when shrinking)."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 @functools.lru_cache(maxsize=8)

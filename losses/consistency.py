@@ -6,11 +6,11 @@ By default ("selective") only unlabeled patches (label 0) are considered, so str
 never overrides known particles or known negatives. As in FixMatch the masked loss is averaged over
 ALL considered samples, not over the confident ones only.
 
-Prior alignment (optional, `align_to_prior`): distribution alignment as in ReMixMatch, with the PU
-prior as the target. The teacher's probabilities are re-weighted by Bayes' rule so that their running
-mean over considered samples equals pi: p' = p r / (p r + (1 - p) s), r = pi / m, s = (1 - pi) / (1 - m),
-m = a running mean of p (momentum `alignment_momentum`). Without it, most unlabeled patches are
-background, the confident pseudo labels are mostly negative, and the model can talk itself into calling
+Prior alignment (when constructed with `prior`, as training does with `loss.align_to_prior`):
+distribution alignment as in ReMixMatch, with the PU prior as the target. The teacher's probabilities
+are re-weighted by Bayes' rule so that their running mean over considered samples equals pi:
+p' = p r / (p r + (1 - p) s), r = pi / m, s = (1 - pi) / (1 - m), m = a running mean of p (momentum
+`alignment_momentum`). Without it, most unlabeled patches are background, the confident pseudo labels are mostly negative, and the model can talk itself into calling
 every patch background (confirmation bias); aligned pseudo labels keep about pi of them positive.
 
 Every part is a detached 0-dim tensor (no host-device synchronisation); rates whose denominator is
@@ -22,12 +22,15 @@ from torch import nn
 
 
 class ConsistencyLoss(nn.Module):
-    """`forward(weak_logits, strong_logits, labels, prior=None, true_label=None)` -> (loss, parts)."""
+    """`forward(weak_logits, strong_logits, labels, true_label=None)` -> (loss, parts).
 
-    def __init__(self, threshold=0.90, lambda_consistency=1.0, selective=True, align_to_prior=False,
-                 alignment_momentum=0.99):
+    `prior`: π to align the teacher's probabilities to (None: no alignment)."""
+
+    def __init__(self, threshold=0.90, lambda_consistency=1.0, selective=True, prior=None, alignment_momentum=0.99):
         super().__init__()
-        self.align_to_prior = align_to_prior
+        if prior is not None and not 0.0 < prior < 1.0:
+            raise ValueError(f"alignment prior {prior} is outside (0, 1)")
+        self.prior = None if prior is None else float(prior)
         self.alignment_momentum = float(alignment_momentum)
         self.register_buffer("mean_probability", torch.tensor(-1.0))
         if not 0.5 <= threshold <= 1.0:
@@ -40,15 +43,15 @@ class ConsistencyLoss(nn.Module):
         self.lambda_consistency = float(lambda_consistency)
         self.selective = selective
 
-    def forward(self, weak_logits, strong_logits, labels, prior=None, true_label=None):
+    def forward(self, weak_logits, strong_logits, labels, true_label=None):
         # p: the weak view's particle probability; pseudo labels carry no gradient.
         p = torch.sigmoid(weak_logits.detach().float().reshape(-1))
         # considered: unlabeled patches only when selective, else the whole batch.
         labels = labels.reshape(-1)
         considered = labels == 0 if self.selective else torch.ones_like(labels, dtype=torch.bool)
         # optionally align p to the prior, so that about pi of the considered patches lean positive.
-        if self.align_to_prior and prior is not None and self.training:
-            p = self.aligned(p, considered, float(prior))
+        if self.prior is not None and self.training:
+            p = self.aligned(p, considered, self.prior)
         # pseudo: the hard pseudo label; confident: where it is trusted.
         pseudo = p >= 0.5
         confident = torch.maximum(p, 1.0 - p) >= self.threshold
@@ -65,8 +68,6 @@ class ConsistencyLoss(nn.Module):
             "pseudo_positive_rate": (mask & pseudo).sum() / mask.sum().clamp(min=1),
             "unlabeled_positive_rate": (considered & pseudo).sum() / n_considered,
         }
-        if prior is not None:
-            parts["prior"] = float(prior)
         if true_label is not None:
             judged = mask & (true_label.reshape(-1) >= 0)
             correct = judged & (pseudo == (true_label.reshape(-1) == 1))

@@ -36,7 +36,7 @@ def check_prior(prior):
 class PULoss(nn.Module):
     """nnPU / uPU risk; `forward(logits, labels)` returns (tensor to backpropagate, detached parts)."""
 
-    def __init__(self, prior, loss="sigmoid", beta=0.0, gamma=1.0, nnpu=True, negative_weight=1.0):
+    def __init__(self, prior, loss="logistic", beta=0.0, gamma=1.0, nnpu=True, negative_weight=1.0):
         super().__init__()
         check_prior(prior)
         if loss not in SURROGATE_LOSSES:

@@ -5,8 +5,9 @@ teacher = decay * teacher + (1 - decay) * student (one fused `torch._foreach_ler
 copies the student's buffers (BatchNorm running statistics) as they are. The teacher stays in eval
 mode with gradients off. DDP (`.module`) and torch.compile (`._orig_mod`) wrappers are looked through.
 
-torch.optim.swa_utils.AveragedModel was not used: its first update copies instead of averaging and
-it either averages buffers (integer counters included) or leaves them stale.
+torch.optim.swa_utils.AveragedModel serves the other average (training's `model.average_from`, a
+uniform mean of epoch-end teachers); the per-step teacher is kept here because it must copy the
+student's BatchNorm statistics as they are, where AveragedModel would average them too.
 """
 import copy
 

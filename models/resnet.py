@@ -11,11 +11,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-TORCHVISION_BACKBONES = {
-    "resnet18": (models.resnet18, models.ResNet18_Weights.DEFAULT),
-    "resnet34": (models.resnet34, models.ResNet34_Weights.DEFAULT),
-    "resnet50": (models.resnet50, models.ResNet50_Weights.DEFAULT),
-}
+TORCHVISION_BACKBONES = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
 BACKBONES = (*TORCHVISION_BACKBONES, "resnet_tiny")
 
 
@@ -24,17 +20,11 @@ def logit_head(in_features, dropout):
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, 1), nn.Flatten(0))
 
 
-def single_channel_stem(conv, in_channels, pretrained):
-    """`conv` rebuilt for `in_channels` inputs: pretrained RGB filters summed over colour (a grey
-    patch seen as R = G = B gives the same response), else a fresh He initialisation as torchvision's."""
+def single_channel_stem(conv, in_channels=1):
+    """`conv` rebuilt for `in_channels` inputs (micrographs are grey), He-initialised as torchvision's."""
     stem = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                      bias=conv.bias is not None)
-    if pretrained:
-        with torch.no_grad():
-            rgb_sum = conv.weight.sum(dim=1, keepdim=True)
-            stem.weight.copy_(rgb_sum.expand(-1, in_channels, -1, -1) / in_channels)
-    else:
-        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     return stem
 
 
@@ -66,16 +56,13 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
-def build_model(backbone="resnet18", dropout=0.3, in_channels=1, pretrained=False):
-    """A patch classifier returning logits [B]; `pretrained` loads ImageNet weights (torchvision only)."""
+def build_model(backbone="resnet18", dropout=0.3, in_channels=1):
+    """A patch classifier returning logits [B], trained from scratch (micrographs are not ImageNet)."""
     if backbone == "resnet_tiny":
-        if pretrained:
-            raise ValueError("backbone 'resnet_tiny' has no pretrained weights; set pretrained to false")
         return TinyResNet(in_channels=in_channels, dropout=dropout)
     if backbone not in TORCHVISION_BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    constructor, weights = TORCHVISION_BACKBONES[backbone]
-    net = constructor(weights=weights if pretrained else None)
-    net.conv1 = single_channel_stem(net.conv1, in_channels, pretrained)
+    net = TORCHVISION_BACKBONES[backbone](weights=None)
+    net.conv1 = single_channel_stem(net.conv1, in_channels)
     net.fc = logit_head(net.fc.in_features, dropout)
     return net

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-from datasets.errors import InputError
+from common.errors import InputError
 
 
 def match_picks(picks_xy: np.ndarray, targets_xy: np.ndarray, radius) -> np.ndarray:

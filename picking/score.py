@@ -1,11 +1,11 @@
 """Dense scoring of whole micrographs with a patch classifier, and picks from the score map.
 
 A micrograph is read and prepared exactly as preprocessing prepared the training micrographs
-(`prepare_micrograph`: rescale so particles are `target_diameter` px, robust clip to uint8; the
-parameters travel in the checkpoint's `preprocessing`). A window of `patch_size` px can be centred on
+(`prepare_micrograph`: rescale so particles have the training diameter, robust clip to uint8; the
+`PreprocessingFacts` travel in the checkpoint). A window of `patch_size` px can be centred on
 any pixel of the rescaled micrograph, reflect-padded by patch_size // 2 (as `cut_patches` pads
 training patches), so windows can centre on the edge. Each window is normalised as in training
-(`augment.to_float` with the checkpoint's `normalization`: per patch, patch mean only, or the
+(`models.input.normalise` with the checkpoint's `NetworkInput`: per patch, patch mean only, or the
 micrograph's grey scale as preprocessed), shrunk to `input_size` and scored by the network.
 `WindowScorer` scores any list of window centres, batched, with no per-window Python; the score map
 holds the logits of a grid of windows every `stride` px.
@@ -20,7 +20,7 @@ Two ways to cut the windows:
   the stride. On EMPIAR-10017 (resnet_tiny, 128 -> 64 px) the logits differ by at most 0.6% of their
   range; the windows cost about a quarter of the exact path's (the network's time is the same).
 - "exact": every window is cut at patch_size, normalised and resized on its own, as training did
-  (`training.data.network_input`).
+  (`models.input.network_input`).
 The network runs in eval mode under `torch.inference_mode`, channels_last, with bf16 autocast where
 asked (default on CUDA).
 
@@ -39,19 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse as fold_batch_norm
 
-from datasets.augment import dihedral_index_maps, normalise
-from datasets.errors import InputError
-from datasets.micrographs import prepare_micrograph, read_micrograph
-from datasets.preprocess_run import to_original
+from common.errors import InputError
+from datasets.augment import dihedral_index_maps
+from datasets.chunks.format import PreprocessingFacts
+from datasets.geometry import to_original
+from datasets.io.micrographs import prepare_micrograph, read_micrograph
+from models.checkpoint import checkpoint_network_input, evaluated_model, load_checkpoint
+from models.input import NetworkInput, network_input, normalise
 from picking.nms import nms_points, peak_picks
-from training.checkpoint import evaluated_model, load_checkpoint
-from training.data import network_input
 
-PREPROCESSING_KEYS = ("patch_size", "input_size", "particle_diameter_px", "scale", "clip_sigma", "normalization")
 SCORING_METHODS = ("downsample", "exact")
 PEAK_SYMMETRIES = (1, 4, 8)  # views of each peak window averaged by rescore_at_peaks
-DEFAULT_PEAK_SYMMETRIES = 4  # README, section 11: chosen on the val micrographs
-LEGACY_PATCH_NORMALIZATION = "per_patch_standardise"  # what checkpoints before data.normalization recorded
+DEFAULT_PEAK_SYMMETRIES = 4  # chosen on the val micrographs (docs/results.md)
 
 
 @dataclass(frozen=True)
@@ -107,22 +106,21 @@ class WindowScorer:
     """Logits of the windows centred on any integer pixels of one prepared micrograph, batched.
 
     The window centred on rescaled pixel (x, y) starts at (x, y) in the micrograph padded by
-    patch_size // 2. "exact" cuts it at patch_size and calls `training.data.network_input`;
+    patch_size // 2. "exact" cuts it at patch_size and calls `models.input.network_input`;
     "downsample" cuts it from the padded micrograph shrunk once by patch_size / input_size (centres
     must then be multiples of that factor), standardised, for "patch" normalisation, with the window's
     mean and std at full resolution (integral images of the pixels and their squares, exact in int64).
     """
 
-    def __init__(self, model, image_uint8: np.ndarray, *, patch_size: int, input_size: int, device, method: str,
-                 normalization: str, bf16: bool, batch_size: int):
+    def __init__(self, model, image_uint8: np.ndarray, *, patch_size: int, spec: NetworkInput, device, method: str,
+                 bf16: bool, batch_size: int):
         self.model, self.device, self.bf16, self.batch_size = prepare_model(model, device), device, bf16, batch_size
-        self.patch_size, self.input_size = patch_size, input_size
-        self.method, self.normalization = method, normalization
-        self.factor = patch_size // input_size if method == "downsample" else 1
+        self.patch_size, self.spec, self.method = patch_size, spec, method
+        self.factor = patch_size // spec.input_size if method == "downsample" else 1
         self.padded = _padded(image_uint8, patch_size // 2, self.factor, device)
         if method == "downsample":
             self.small = _shrunk(self.padded.float(), self.factor)
-            self.integrals = _integral_images(self.padded) if normalization != "micrograph" else None
+            self.integrals = _integral_images(self.padded) if spec.normalization != "micrograph" else None
 
     def __call__(self, centres_xy: torch.Tensor, symmetries: int = 1) -> torch.Tensor:
         """float32 logits [N] of the windows centred on `centres_xy` (int64 [N, 2] x, y, rescaled px), each
@@ -140,13 +138,12 @@ class WindowScorer:
     def _network_input(self, centres_xy):
         xs, ys = centres_xy[:, 0], centres_xy[:, 1]
         if self.method == "exact":
-            return network_input(_cut(self.padded, ys, xs, self.patch_size), self.input_size, self.device,
-                                 self.normalization)
-        windows = _cut(self.small, ys // self.factor, xs // self.factor, self.input_size)[:, None]
+            return network_input(_cut(self.padded, ys, xs, self.patch_size), self.spec, self.device)
+        windows = _cut(self.small, ys // self.factor, xs // self.factor, self.spec.input_size)[:, None]
         if self.integrals is None:
-            return normalise(windows, self.normalization)
+            return normalise(windows, self.spec)
         mean, std = _window_mean_std(self.integrals, ys, xs, self.patch_size)
-        return normalise(windows, self.normalization, mean[:, None, None, None], std[:, None, None, None])
+        return normalise(windows, self.spec, mean[:, None, None, None], std[:, None, None, None])
 
     def score_grid(self, grid: WindowGrid) -> torch.Tensor:
         """The score map [rows, cols] of the windows of `grid`."""
@@ -193,17 +190,16 @@ def _window_mean_std(integrals, ys: torch.Tensor, xs: torch.Tensor, size: int):
     return mean.float(), variance.sqrt().float()
 
 
-def window_scorer(model, image_uint8: np.ndarray, *, patch_size: int, input_size: int, stride: int, device,
-                  batch_size: int = 1024, method: str | None = None, bf16: bool | None = None,
-                  normalization: str = "patch") -> tuple[WindowScorer, WindowGrid]:
+def window_scorer(model, image_uint8: np.ndarray, *, patch_size: int, spec: NetworkInput, stride: int, device,
+                  batch_size: int = 1024, method: str | None = None,
+                  bf16: bool | None = None) -> tuple[WindowScorer, WindowGrid]:
     """A WindowScorer for a prepared micrograph and the grid of windows every `stride` px over it.
 
     `method` is "downsample" or "exact" (default: `scoring_method`); `bf16` autocast defaults to on for CUDA.
     """
     device = torch.device(device)
-    method = scoring_method(patch_size, input_size, stride, method)
-    scorer = WindowScorer(model, image_uint8, patch_size=patch_size, input_size=input_size, device=device,
-                          method=method, normalization=normalization,
+    method = scoring_method(patch_size, spec.input_size, stride, method)
+    scorer = WindowScorer(model, image_uint8, patch_size=patch_size, spec=spec, device=device, method=method,
                           bf16=device.type == "cuda" if bf16 is None else bf16, batch_size=batch_size)
     height, width = image_uint8.shape
     return scorer, window_grid(height, width, stride, align=scorer.factor)
@@ -216,13 +212,10 @@ def grid_centres(grid: WindowGrid, device) -> torch.Tensor:
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
-def score_micrograph(model, image_uint8: np.ndarray, *, patch_size: int, input_size: int, stride: int, device,
-                     batch_size: int = 1024, method: str | None = None, bf16: bool | None = None,
-                     normalization: str = "patch"):
-    """(score map [rows, cols] float32 of logits on `device`, WindowGrid) of a prepared micrograph."""
-    scorer, grid = window_scorer(model, image_uint8, patch_size=patch_size, input_size=input_size, stride=stride,
-                                 device=device, batch_size=batch_size, method=method, bf16=bf16,
-                                 normalization=normalization)
+def score_micrograph(model, image_uint8: np.ndarray, **options):
+    """(score map [rows, cols] float32 of logits on `device`, WindowGrid) of a prepared micrograph;
+    `options` as `window_scorer` (patch_size, spec, stride, device, ...)."""
+    scorer, grid = window_scorer(model, image_uint8, **options)
     return scorer.score_grid(grid), grid
 
 
@@ -295,54 +288,54 @@ class PreparedMicrograph:
     original_shape: tuple[int, int]
 
 
-def prepare_for_picking(path, preprocessing: dict) -> PreparedMicrograph:
+@dataclass(frozen=True)
+class Picker:
+    """A trained network with what it needs to see micrographs as in training."""
+    model: torch.nn.Module
+    facts: PreprocessingFacts
+    spec: NetworkInput
+
+
+def prepare_for_picking(path, facts: PreprocessingFacts) -> PreparedMicrograph:
     """Read the micrograph at `path` (InputError where unreadable) and rescale/normalise it as training did."""
     original = read_micrograph(path)
-    image, scale_xy = prepare_micrograph(original, preprocessing["scale"], preprocessing["clip_sigma"])
+    image, scale_xy = prepare_micrograph(original, facts.scale, facts.clip_sigma)
     return PreparedMicrograph(image, scale_xy, original.shape)
 
 
-def pick_prepared(model, micrograph: PreparedMicrograph, preprocessing: dict, *, stride: int,
-                  min_distance_px: float, threshold: float | None, device, expected_particles: int | None = None,
-                  edge_margin_px: float = 0.0, batch_size: int = 1024, method: str | None = None,
-                  bf16: bool | None = None, rescore_peaks: bool = True,
-                  peak_symmetries: int = DEFAULT_PEAK_SYMMETRIES) -> np.ndarray:
+def pick_prepared(picker: Picker, micrograph: PreparedMicrograph, *, stride: int, min_distance_px: float,
+                  threshold: float | None, device, expected_particles: int | None = None, edge_margin_px: float = 0.0,
+                  batch_size: int = 1024, method: str | None = None, bf16: bool | None = None,
+                  rescore_peaks: bool = True, peak_symmetries: int = DEFAULT_PEAK_SYMMETRIES) -> np.ndarray:
     """Score a prepared micrograph every `stride` px, rescore its peaks at their sub-cell positions
     (`rescore_at_peaks` with `peak_symmetries` views, unless `rescore_peaks` is False) and return the
     picks (N, 4) in original pixels, score = logit."""
-    scorer, grid = window_scorer(model, micrograph.image, patch_size=preprocessing["patch_size"],
-                                 input_size=preprocessing["input_size"], stride=stride, device=device,
-                                 batch_size=batch_size, method=method, bf16=bf16,
-                                 normalization=preprocessing["normalization"])
+    scorer, grid = window_scorer(picker.model, micrograph.image, patch_size=picker.facts.patch_size, spec=picker.spec,
+                                 stride=stride, device=device, batch_size=batch_size, method=method, bf16=bf16)
     score_map = scorer.score_grid(grid)
     refine = (partial(rescore_at_peaks, scorer, shape=micrograph.image.shape, symmetries=peak_symmetries)
               if rescore_peaks else None)
     return picks_from_score_map(score_map, grid, micrograph.scale_xy, micrograph.original_shape,
                                 min_distance_px=min_distance_px, threshold=threshold,
                                 edge_margin_px=edge_margin_px, max_picks=expected_particles,
-                                diameter_px=preprocessing["particle_diameter_px"], refine=refine)
+                                diameter_px=picker.facts.particle_diameter_px, refine=refine)
 
 
-def pick_micrograph(model, path, preprocessing: dict, **options) -> np.ndarray:
+def pick_micrograph(picker: Picker, path, **options) -> np.ndarray:
     """Picks (N, 4: x, y, diameter, logit) in original pixels of the micrograph at `path`;
     `options` as `pick_prepared` (stride, min_distance_px, threshold, device, ...)."""
-    return pick_prepared(model, prepare_for_picking(path, preprocessing), preprocessing, **options)
+    return pick_prepared(picker, prepare_for_picking(path, picker.facts), **options)
 
 
-def load_picker(path, device):
-    """(model on `device` in eval mode, preprocessing dict) from one of our checkpoints.
+def load_picker(path, device) -> Picker:
+    """The Picker of one of our checkpoints, its model on `device` in eval mode.
 
     The weights are those that were evaluated (`evaluated_model`: the weight average, else the EMA
-    teacher, else the trained model).
-    Each BatchNorm is folded into the convolution before it (`torch.fx` fuse): the same function, one
-    pass fewer over every feature map (README, section 11, has the speed-up).
+    teacher, else the trained model). Each BatchNorm is folded into the convolution before it
+    (`torch.fx` fuse): the same function, one pass fewer over every feature map.
     """
     checkpoint = load_checkpoint(path)
-    preprocessing = checkpoint.get("preprocessing") or {}
-    missing = [key for key in PREPROCESSING_KEYS if key not in preprocessing]
-    if missing:
-        raise InputError(f"checkpoint {path} lacks preprocessing facts ({', '.join(missing)}); "
-                         f"use a best.pt/last.pt written by the current training scripts")
-    if preprocessing.get("normalization") == LEGACY_PATCH_NORMALIZATION:
-        preprocessing = {**preprocessing, "normalization": "patch"}
-    return prepare_model(fold_batch_norm(evaluated_model(checkpoint, path).eval()), device), preprocessing
+    facts = PreprocessingFacts.from_dict(checkpoint.get("preprocessing"), f"checkpoint {path}")
+    spec = checkpoint_network_input(checkpoint, path)
+    model = prepare_model(fold_batch_norm(evaluated_model(checkpoint, path).eval()), device)
+    return Picker(model, facts, spec)

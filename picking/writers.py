@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.coordinates import read_cryoppp_csv, write_box, write_coco, write_cryoppp_csv, write_star, \
+from datasets.io.coordinates import read_cryoppp_csv, write_box, write_coco, write_cryoppp_csv, write_star, \
     write_topaz_txt
-from datasets.errors import InputError
-from utils.files import atomic_write_json
+from common.errors import InputError
+from common.files import atomic_write_json
 
 PER_MICROGRAPH_FORMATS = ("star", "csv", "box", "txt")
 FORMATS = (*PER_MICROGRAPH_FORMATS, "coco")

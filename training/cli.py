@@ -3,10 +3,11 @@ import argparse
 import json
 from pathlib import Path
 
-from datasets.cryoem_chunked_dataset import read_metadata, read_prior
-from datasets.errors import exit_on_input_error
+from common.config import resolve_config
+from common.errors import InputError, exit_on_input_error
+from datasets.chunks.format import read_facts
+from datasets.prior import ClassPrior, read_prior
 from training.engine import fit
-from utils.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "pu_full_fixed.yaml"
@@ -25,37 +26,35 @@ def add_common_flags(parser):
     return parser
 
 
-def preprocessing_facts(data_dirs, input_size, normalization):
-    """What picking needs to cut and scale micrographs exactly as the training patches were."""
-    config = read_metadata(data_dirs[0])["config"]
-    return {"patch_size": config["patch_size"], "input_size": input_size or config["patch_size"],
-            "target_diameter": config["target_diameter"], "particle_diameter_px": config["particle_diameter_px"],
-            "scale": config["scale"], "native_resolution": config["native_resolution"],
-            "clip_sigma": config["clip_sigma"], "normalization": normalization}
+def class_prior(loss_cfg, data_dirs):
+    """π for the PU losses (None for the PN baseline): the data's, or loss.prior."""
+    if loss_cfg["mode"] == "pn":
+        return None
+    if loss_cfg["use_data_prior"]:
+        return read_prior(data_dirs)
+    return ClassPrior(float(loss_cfg["prior"]), "config loss.prior")
 
 
-def prepare(args, flags, use_data_prior):
-    """Resolve the config, fix the prior, create the run dir and save config.yaml there."""
+def prepare(args, flags):
+    """Resolve the config, the data's facts and π, create the run dir."""
+    if flags.get("loss.use_data_prior") and flags.get("loss.prior") is not None:
+        raise InputError("give either --prior or --use-data-prior, not both")
     config = resolve_config(DEFAULT_CONFIG, args.config, flags, args.set)
     data_dir = config["data"]["data_dir"]
     dirs = [str(data_dir)] if isinstance(data_dir, (str, Path)) else [str(d) for d in data_dir]
     config["data"]["data_dir"] = dirs
-    if use_data_prior and config["loss"]["mode"] != "pn":
-        config["loss"]["prior"] = read_prior(dirs)
-        config["loss"]["prior_source"] = "metadata prior_unlabeled of " + ", ".join(dirs)
-    else:
-        config["loss"]["prior_source"] = "config loss.prior"
-    exp_name = args.exp_name or Path(args.config).stem
-    run_dir = Path(args.output_root) / exp_name
+    facts, prior = read_facts(dirs), class_prior(config["loss"], dirs)
+    run_dir = Path(args.output_root) / (args.exp_name or Path(args.config).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return config, run_dir, preprocessing_facts(dirs, config["data"]["input_size"], config["data"]["normalization"])
+    return config, run_dir, facts, prior
 
 
-def run_training(args, flags, use_data_prior):
+def run_training(args, flags):
     with exit_on_input_error():
-        config, run_dir, preprocessing = prepare(args, flags, use_data_prior)
-        print(f"run dir {run_dir}; prior pi = {config['loss']['prior']:.4f} ({config['loss']['prior_source']})")
-        results = fit(config, run_dir, args.device, args.num_workers, config["loss"]["prior"], preprocessing)
+        config, run_dir, facts, prior = prepare(args, flags)
+        about_prior = f"prior pi = {prior.value:.4f} ({prior.source})" if prior else "no prior (PN baseline)"
+        print(f"run dir {run_dir}; {about_prior}")
+        results = fit(config, run_dir, facts, prior, args.device, args.num_workers)
     if results is not None:
         print_results(results, run_dir)
     return results

@@ -1,10 +1,10 @@
-"""Batches for training and evaluation, in the three loader modes, as uint8 on the device."""
+"""Batches for training and evaluation, in the three loader modes, as uint8 tensors."""
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.augment import resize, to_float
-from datasets.cryoem_chunked_dataset import CryoEMChunkedDataset, PUBatchSampler, PUStream, open_chunk_dirs
+from datasets.chunks.loader import CryoEMChunkedDataset, PUBatchSampler, open_chunk_dirs
+from datasets.chunks.stream import PUStream
 
 
 class _BatchView:
@@ -59,11 +59,3 @@ def eval_subset(dirs, split, max_samples, seed):
         chosen = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
         return dataset, torch.from_numpy(chosen)
     return dataset, torch.arange(n)
-
-
-def network_input(patches, input_size, device, normalization="patch"):
-    """uint8 patches -> float [B,1,s,s] on the device (`augment.to_float`'s normalization), resized when asked."""
-    x = to_float(patches.to(device, non_blocking=True), normalization)
-    if input_size and input_size != x.shape[-1]:
-        x = resize(x, input_size)
-    return x

@@ -3,7 +3,7 @@
 `fit(config, run_dir, ...)` builds the run from the resolved config, resumes from run_dir/last.pt when
 it exists, trains epoch by epoch (exact-ratio PU batches, augmentation on the device, bf16 autocast
 and channels_last on CUDA, DDP under torchrun), evaluates on val after each epoch, keeps best.pt by
-val AUC with early stopping, checks the guide's warning signs, and writes TensorBoard events,
+val AUC with early stopping, checks the warning signs of training/health.py, and writes TensorBoard events,
 metrics.jsonl and, at the end, results.json with the best checkpoint's val and test metrics.
 """
 import json
@@ -17,17 +17,20 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 
-from datasets.augment import NORMALIZATIONS, strong_augment, weak_augment
-from datasets.errors import InputError
-from losses import ConsistencyLoss, PNLoss, PULoss, check_prior
+from common.config import diff_keys, save_config
+from common.errors import InputError
+from common.files import atomic_write_json, git_sha
+from datasets.augment import strong_augment, weak_augment
+from datasets.chunks.format import PreprocessingFacts
+from datasets.prior import ClassPrior
+from losses import ConsistencyLoss, PNLoss, PULoss
 from models import ModelEMA, build_model
+from models.checkpoint import evaluated_model, load_checkpoint, load_model_weights, save_checkpoint
 from models.ema import unwrap
-from training.checkpoint import evaluated_model, load_checkpoint, load_model_weights, save_checkpoint
-from training.data import TrainBatches, eval_subset, network_input
+from models.input import NetworkInput, network_input
+from training.data import TrainBatches, eval_subset
 from training.health import TrainingDiverged, check_finite, health_warnings
 from training.metrics import best_f1_threshold, patch_metrics, threshold_metrics
-from utils.config import diff_keys, save_config
-from utils.files import atomic_write_json, git_sha
 
 RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.early_stopping_patience"}
 
@@ -45,8 +48,9 @@ class Run:
     pu_loss: torch.nn.Module
     consistency: ConsistencyLoss | None
     batches: TrainBatches
-    prior: float
-    preprocessing: dict
+    prior: ClassPrior | None  # None for the PN baseline
+    facts: PreprocessingFacts
+    network_input: NetworkInput
     generator: torch.Generator
     eval_sets: dict  # split -> (mmap dataset, the fixed seeded subset of its indices that is evaluated)
     clock: dict  # {"budget_used": fraction of the time budget spent}, read by the LR schedule
@@ -75,17 +79,18 @@ class Run:
 
 
 def build_losses(loss_cfg, prior):
+    """The PU (or PN) loss and the FixMatch term, π given to each at construction."""
     mode = loss_cfg["mode"]
     if mode == "pn":
         pu_loss = PNLoss()
     elif mode in ("nnpu", "upu"):
-        pu_loss = PULoss(prior, loss=loss_cfg["surrogate"], beta=loss_cfg["beta"], gamma=loss_cfg["gamma"],
+        pu_loss = PULoss(prior.value, loss=loss_cfg["surrogate"], beta=loss_cfg["beta"], gamma=loss_cfg["gamma"],
                          nnpu=mode == "nnpu", negative_weight=loss_cfg["negative_weight"])
     else:
         raise InputError(f"loss.mode '{mode}' is not one of nnpu, upu, pn")
+    aligned_to = prior.value if loss_cfg["align_to_prior"] and mode != "pn" else None
     consistency = ConsistencyLoss(loss_cfg["consistency_threshold"], loss_cfg["lambda_consistency"],
-                                  loss_cfg["selective"], align_to_prior=loss_cfg["align_to_prior"]
-                                  and mode != "pn") if loss_cfg["use_consistency"] else None
+                                  loss_cfg["selective"], prior=aligned_to) if loss_cfg["use_consistency"] else None
     return pu_loss, consistency
 
 
@@ -110,8 +115,10 @@ def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch, budget_used=No
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=1, num_workers=0):
+def build_run(config, run_dir, device, facts, prior, rank=0, world_size=1, num_workers=0):
     data_cfg, train_cfg = config["data"], config["training"]
+    spec = NetworkInput.for_patches(data_cfg["input_size"], data_cfg["normalization"], facts.patch_size,
+                                    facts.clip_sigma)
     eval_sets = {split: eval_subset(data_cfg["data_dir"], split, data_cfg["max_eval_samples"], train_cfg["seed"])
                  for split in ("val", "test")}  # opened now: a missing split fails before training, not after
     batches = TrainBatches(data_cfg, train_cfg, rank, world_size, num_workers, pin_memory=device.type == "cuda")
@@ -133,7 +140,7 @@ def build_run(config, run_dir, device, prior, preprocessing, rank=0, world_size=
     consistency = consistency.to(device) if consistency is not None else None  # its alignment buffer
     generator = torch.Generator(device=device).manual_seed(train_cfg["seed"] * 1000 + rank)
     return Run(config, run_dir, device, model, ema, average, optimizer, scheduler, pu_loss, consistency, batches, prior,
-               preprocessing, generator, eval_sets, clock, rank, world_size)
+               facts, spec, generator, eval_sets, clock, rank, world_size)
 
 
 def weight_average(average_from, teacher):
@@ -201,8 +208,7 @@ def frozen_batchnorm_statistics(model):
 
 def model_input(run, patches):
     """uint8 patches -> the network's float input on the run's device (data.input_size, data.normalization)."""
-    data = run.config["data"]
-    return network_input(patches, data["input_size"], run.device, data["normalization"])
+    return network_input(patches, run.network_input, run.device)
 
 
 def train_step(run, batch):
@@ -215,14 +221,14 @@ def train_step(run, batch):
     with autocast(run):
         weak_logits = run.model(weak).float()
     loss, parts = run.pu_loss(weak_logits, labels)
-    parts = {"pu_loss": parts["risk"], **{k: v for k, v in parts.items() if k != "risk"}}
+    parts["pu_loss"] = parts.pop("risk")
     if run.consistency is not None:
         strong = channels_last(run, strong_augment(x, generator=run.generator))
         with autocast(run), frozen_batchnorm_statistics(unwrap(run.model)):
             strong_logits = run.model(strong).float()
         with torch.no_grad(), autocast(run):
             teacher_logits = run.teacher(weak).float() if run.ema is not None else weak_logits.detach()
-        consistency, cparts = run.consistency(teacher_logits, strong_logits, labels, run.prior, true_label)
+        consistency, cparts = run.consistency(teacher_logits, strong_logits, labels, true_label)
         loss = loss + consistency_ramp(run) * consistency
         parts.update(cparts)
     run.optimizer.zero_grad(set_to_none=True)
@@ -247,8 +253,6 @@ def train_epoch(run, epoch, skip, budget):
     for batch in run.batches.epoch(epoch, skip):
         parts = train_step(run, batch)
         for key, value in parts.items():
-            if isinstance(value, float):  # constants such as the prior are logged on their own
-                continue
             epoch_sum[key] = epoch_sum.get(key, 0) + value
             window_sum[key] = window_sum.get(key, 0) + value
         n, window_n, step_in_epoch = n + 1, window_n + 1, step_in_epoch + 1
@@ -296,7 +300,8 @@ def log_train_window(run, means):
                 "nn_correction", "known_negative_risk"):
         if key in means:
             run.writer.add_scalar(f"train/{key}", means[key], step)
-    run.writer.add_scalar("train/prior", run.prior, step)
+    if run.prior is not None:
+        run.writer.add_scalar("train/prior", run.prior.value, step)
     run.writer.add_scalar("lr", run.optimizer.param_groups[0]["lr"], step)
 
 
@@ -331,9 +336,10 @@ def save_state(run, name, epoch, step_in_epoch):
         "averaged_epochs": run.averaged_epochs,
         "epoch": epoch, "step": run.progress["step"], "step_in_epoch": step_in_epoch,
         "best_metric": run.progress["best_metric"], "best_epoch": run.progress["best_epoch"],
-        "progress": run.progress, "config": run.config, "preprocessing": run.preprocessing,
-        "prior": run.prior, "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state(),
-                                    "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None},
+        "progress": run.progress, "config": run.config, "preprocessing": run.facts.to_dict(),
+        "network_input": run.network_input.to_dict(), "prior": run.prior.to_dict() if run.prior else None,
+        "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None},
         "git_sha": git_sha()})
 
 
@@ -345,6 +351,10 @@ def restore_state(run, path):
     if differing:
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
                          f"use another --exp-name or delete {run.run_dir}")
+    saved_prior = (state.get("prior") or {}).get("value")
+    if saved_prior != (run.prior.value if run.prior else None):
+        raise InputError(f"{path} was trained with prior {saved_prior}, the run now has {run.prior}; use another "
+                         f"--exp-name or delete {run.run_dir}")
     load_model_weights(unwrap(run.model), state["model"], path)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -418,7 +428,8 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
                   "averaged_epochs": run.averaged_epochs}
         with open(run.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        print_epoch(epoch, cfg["epochs"], parts, val, run.prior, is_best, warnings, run.averaged_epochs)
+        prior = run.prior.value if run.prior else math.nan
+        print_epoch(epoch, cfg["epochs"], parts, val, prior, is_best, warnings, run.averaged_epochs)
         if is_best:
             save_state(run, "best.pt", epoch + 1, 0)
     save_state(run, "last.pt", epoch + 1, 0)
@@ -468,7 +479,8 @@ def final_results(run):
     test, _, _ = evaluate(run, model, "test", best_threshold=threshold)
     results = {"exp_name": run.run_dir.name, "best_epoch": best["best_epoch"] + 1, "best_val_auc": best["best_metric"],
                "averaged_epochs": best.get("averaged_epochs", 0),
-               "val": val, "test": test, "prior": run.prior, "prior_source": run.config["loss"].get("prior_source"),
+               "val": val, "test": test, "prior": run.prior.value if run.prior else None,
+               "prior_source": run.prior.source if run.prior else None,
                "loss_mode": run.config["loss"]["mode"], "consistency": run.config["loss"]["use_consistency"],
                "steps": run.progress["step"], "stopped": run.progress["stopped"],
                "timings": {"train_seconds": run.progress["train_seconds"],
@@ -492,12 +504,11 @@ def setup_distributed(device_name):
     return rank, world_size, device
 
 
-def fit(config, run_dir, device_name=None, num_workers=0, prior=None, preprocessing=None):
-    """Train (or resume) the run in run_dir; returns results.json's dict on rank 0."""
+def fit(config, run_dir, facts, prior, device_name=None, num_workers=0):
+    """Train (or resume) the run in run_dir on data with `facts`, π `prior` (a ClassPrior, or None for
+    the PN baseline); returns results.json's dict on rank 0."""
     rank, world_size, device = setup_distributed(device_name)
-    check_prior_for(config, prior)
-    check_normalization(config["data"]["normalization"])
-    run = build_run(config, run_dir, device, prior, preprocessing, rank, world_size, num_workers)
+    run = build_run(config, run_dir, device, facts, prior, rank, world_size, num_workers)
     run.progress = new_progress()
     start_epoch, skip = 0, 0
     if (run_dir / "last.pt").exists():
@@ -519,18 +530,3 @@ def fit(config, run_dir, device_name=None, num_workers=0, prior=None, preprocess
         if world_size > 1:
             dist.destroy_process_group()
     return results
-
-
-def check_normalization(normalization):
-    if normalization not in NORMALIZATIONS:
-        raise InputError(f"data.normalization {normalization!r} is not one of {', '.join(NORMALIZATIONS)}; "
-                         f"'patch' standardises each patch, 'micrograph' keeps preprocessing's grey scale")
-
-
-def check_prior_for(config, prior):
-    if config["loss"]["mode"] == "pn":
-        return
-    try:
-        check_prior(prior)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""The training guide's warning signs, checked every epoch: printed and logged to TensorBoard."""
+"""The warning signs of a failing PU run, checked every epoch: printed and logged to TensorBoard."""
 import math
 
 FLAT_EPOCHS = 10

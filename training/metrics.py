@@ -1,4 +1,4 @@
-"""Patch-level metrics (the training guide's table): AUC, AP, precision, recall, F1."""
+"""Patch-level metrics (the table every run reports): AUC, AP, precision, recall, F1."""
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 

@@ -1,0 +1,104 @@
+"""YAML config with CLI overrides, timm style.
+
+A config is a nested dict. The YAML file gives the defaults; every key is also reachable from the
+command line as `--set section.key=value` (the value parsed as YAML) and scripts map their named flags
+onto keys the same way. A key that the defaults do not define is an error naming the key, so a typo
+never silently does nothing. The resolved config is saved beside the results.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from common.errors import InputError
+
+
+def load_yaml(path):
+    """Read a YAML mapping, with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} not found; pass --config with an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise InputError(f"config file {path} is not valid YAML{where}; fix the syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def merge_checked(base, update, source, prefix=""):
+    """Return `base` updated with `update`; keys absent from `base` raise an InputError."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in merged:
+            known = ", ".join(sorted(f"{prefix}{k}" for k in merged))
+            raise InputError(f"unknown config key '{dotted}' in {source}; known keys here: {known}")
+        if isinstance(merged[key], dict) and isinstance(value, dict):
+            merged[key] = merge_checked(merged[key], value, source, prefix=f"{dotted}.")
+        elif isinstance(merged[key], dict):
+            raise InputError(f"config key '{dotted}' in {source} is a section; give it a mapping")
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(items):
+    """Turn ['a.b=1', 'c=[1, 4]'] into a nested dict, values parsed as YAML."""
+    nested = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = nested
+        *parents, leaf = dotted.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return nested
+
+
+def set_dotted(nested, dotted, value):
+    """Set nested['a']['b'] = value for dotted 'a.b', creating sections as needed."""
+    node = nested
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def resolve_config(defaults_path, user_path=None, flag_values=None, overrides=None):
+    """defaults YAML <- user YAML <- named CLI flags (dotted keys, None = not given) <- --set items."""
+    config = load_yaml(defaults_path)
+    if user_path is not None and Path(user_path).resolve() != Path(defaults_path).resolve():
+        config = merge_checked(config, load_yaml(user_path), str(user_path))
+    flags = {}
+    for dotted, value in (flag_values or {}).items():
+        if value is not None:
+            set_dotted(flags, dotted, value)
+    config = merge_checked(config, flags, "command-line flags")
+    return merge_checked(config, parse_overrides(overrides), "--set overrides")
+
+
+def save_config(config, path):
+    from common.files import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def diff_keys(old, new, prefix=""):
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = sorted(set(old) | set(new))
+    differing = []
+    for key in keys:
+        dotted = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differing += diff_keys(a, b, prefix=f"{dotted}.")
+        elif a != b:
+            differing.append(dotted)
+    return differing

@@ -1,0 +1,1 @@
+"""The chunk contract, the chunk writer, the chunk loader and the streams."""

@@ -1,0 +1,161 @@
+"""Streaming reads for HDDs: whole chunks read sequentially, mixed through a shuffle buffer.
+
+`ChunkStream` serves batches of one split's rows chunk by chunk; `PUStream` builds exact-ratio PU
+batches from the labeled positives held in RAM and every other sample streamed.
+"""
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from itertools import chain, count
+
+import torch
+
+from common.errors import InputError
+from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
+from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows, seeded_generator,
+                                    load_chunk, use_pinned_memory, positives_per_batch)
+
+
+class ChunkStream:
+    """Batches read chunk by chunk in a seeded chunk order, mixed through a shuffle buffer (HDD mode).
+
+    Each chunk file is read whole and sequentially (the next one in a background thread while the
+    current one is served). Its rows join the rows carried over, the pool is permuted and served as
+    batches until `buffer_size` rows are left to carry into the next chunk. Memory: the chunk being
+    served, the one being read, and twice the buffer. Batches hold BATCH_KEYS plus "index" (global
+    sample index); each sample of the rank's share comes exactly once per pass. The last batch is
+    short unless `repeat` chains passes into an endless stream: then the rows a pass leaves over
+    (less than a batch) open the next pass's first batch. `labels` keeps only rows with those label
+    values. With world_size > 1 each rank reads every
+    world_size-th chunk of the epoch's order, or its share of rows of every chunk when chunks are
+    fewer than ranks. `shuffle=False` serves the rows in file order.
+    """
+
+    def __init__(self, index, batch_size, buffer_size=16384, shuffle=True, seed=0, rank=0, world_size=1,
+                 labels=None, repeat=False, pin_memory=False):
+        self.index, self.batch_size, self.buffer_size = index, batch_size, buffer_size if shuffle else 0
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.labels = None if labels is None else torch.tensor(labels, dtype=torch.int8)
+        self.repeat, self.pin_memory, self.epoch = repeat, use_pinned_memory(pin_memory), 0
+        self.bytes_read = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _schedule(self):
+        """(chunk number, last of its pass) this rank reads, pass after pass; one order for all ranks."""
+        n = len(self.index.paths)
+        generator = seeded_generator(self.seed, self.epoch)
+        for _ in count() if self.repeat else range(1):
+            order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+            mine = (order[self.rank::self.world_size] if n >= self.world_size else order).tolist()
+            yield from ((k, i == len(mine) - 1) for i, k in enumerate(mine))
+
+    def _read(self, k):
+        chunk = load_chunk(self.index.paths[k], self.index.counts[k], self.index.patch_size, mmap=False)
+        self.bytes_read += self.index.paths[k].stat().st_size
+        rows = {key: chunk[key] for key in BATCH_KEYS}
+        rows["index"] = self.index.starts[k] + torch.arange(self.index.counts[k])
+        keep = torch.ones(self.index.counts[k], dtype=torch.bool)
+        if self.labels is not None:
+            keep &= torch.isin(rows["label"], self.labels)
+        if len(self.index.paths) < self.world_size:
+            keep &= rows["index"] % self.world_size == self.rank
+        return rows if bool(keep.all()) else {key: value[keep] for key, value in rows.items()}
+
+    def _serve(self, parts, n_serve, owed, generator):
+        """Yield batches of the first n_serve rows of a permutation of parts' rows; return the rest.
+
+        The first `owed` rows (the front of the carried rows, left over from the previous pass) stay
+        ahead of all others in the permutation, so they are served first.
+        """
+        starts = torch.tensor([0, len(parts[0]["index"])])
+        n = int(starts[1]) + len(parts[1]["index"])
+        if self.shuffle:
+            order = torch.cat([torch.randperm(owed, generator=generator),
+                               owed + torch.randperm(n - owed, generator=generator)])
+        else:
+            order = torch.arange(n)
+        keys = tuple(parts[0])
+        for begin in range(0, n_serve, self.batch_size):
+            end = min(begin + self.batch_size, n_serve)
+            yield gather_rows(parts.__getitem__, starts, order[begin:end], keys, self.pin_memory)
+        return gather_rows(parts.__getitem__, starts, order[n_serve:], keys)
+
+    def _n_serve(self, n, owed, end_of_pass):
+        """Whole batches to serve from n pooled rows: all but less than a batch at the end of a pass,
+        else all but `buffer_size`, and at least the batches holding the `owed` rows."""
+        keep = 0 if end_of_pass else self.buffer_size
+        at_least = -(-owed // self.batch_size) * self.batch_size
+        return min(n, max(n - keep, at_least)) // self.batch_size * self.batch_size
+
+    def __iter__(self):
+        generator = seeded_generator(self.seed, self.epoch, self.rank, 2)
+        schedule = chain(self._schedule(), [(None, True)])
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            k, end_of_pass = next(schedule)
+            pending = reader.submit(self._read, k)
+            carried, owed = None, 0
+            for k_next, next_end_of_pass in schedule:
+                chunk = pending.result()
+                if k_next is not None:
+                    pending = reader.submit(self._read, k_next)
+                parts = [carried if carried is not None else {key: value[:0] for key, value in chunk.items()}, chunk]
+                n = len(parts[0]["index"]) + len(chunk["index"])
+                n_serve = n if k_next is None else self._n_serve(n, owed, end_of_pass)
+                carried = yield from self._serve(parts, n_serve, owed, generator)
+                owed = n - n_serve if end_of_pass else max(0, owed - n_serve)
+                end_of_pass = next_end_of_pass
+
+
+class PUStream:
+    """Exact-ratio PU batches for on-demand (HDD) training.
+
+    The labeled positives of this rank's share (every world_size-th, when there are at least
+    world_size) are gathered into RAM once, reading only their rows through memory maps: N_pos * S^2
+    bytes (100k positives of 128 px: 1.6 GB). They are recycled in reshuffled passes. All other
+    samples (unlabeled and known negatives) stream through an endless `ChunkStream`. Each batch holds
+    n_pos positives followed by batch_size - n_pos streamed samples; an epoch is `steps_per_epoch`
+    batches, by default one pass over the others (as PUBatchSampler), the stream running on into its
+    next pass for the last batch.
+    """
+
+    def __init__(self, index, batch_size=64, batch_ratio=(1, 4), steps_per_epoch=None,
+                 buffer_size=16384, seed=0, rank=0, world_size=1, pin_memory=False):
+        self.n_pos = positives_per_batch(batch_size, batch_ratio)
+        self.n_unl = batch_size - self.n_pos
+        mapped = [load_chunk(p, n, index.patch_size, mmap=True) for p, n in zip(index.paths, index.counts)]
+        labels = torch.cat([c["label"] for c in mapped])
+        positives = (labels == LABEL_POSITIVE).nonzero().squeeze(1)
+        n_others = len(labels) - len(positives)
+        if not len(positives):
+            raise InputError(f"{index.source}: split has no labeled positives; check the annotations / hide ratio")
+        if not n_others:
+            raise InputError(f"{index.source}: split has no unlabeled samples; PU training needs them (check the "
+                             f"negative ratio / hide ratio of preprocessing)")
+        if len(positives) >= world_size:
+            positives = positives[rank::world_size]
+        self.pool = gather_rows(mapped.__getitem__, index.starts, positives, BATCH_KEYS)
+        self.pool["index"] = positives
+        self.steps = steps_per_epoch or default_steps(n_others, self.n_unl, world_size)
+        self.others = ChunkStream(index, self.n_unl, buffer_size, seed=seed, rank=rank, world_size=world_size,
+                                  labels=(LABEL_UNLABELED, LABEL_NEGATIVE), repeat=True)
+        self.seed, self.rank, self.pin_memory, self.epoch = seed, rank, use_pinned_memory(pin_memory), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.others.set_epoch(epoch)
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        draws = draw_cycled(torch.arange(len(self.pool["index"])), self.steps * self.n_pos,
+                             seeded_generator(self.seed, self.epoch, self.rank, 3)).view(self.steps, self.n_pos)
+        with closing(iter(self.others)) as others:
+            for rows in draws:
+                streamed = next(others)
+                batch = empty_rows(self.pool, self.n_pos + self.n_unl, tuple(self.pool), self.pin_memory)
+                for key, out in batch.items():
+                    out[:self.n_pos] = self.pool[key][rows]
+                    out[self.n_pos:] = streamed[key]
+                yield batch

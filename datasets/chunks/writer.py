@@ -1,0 +1,182 @@
+"""Fixed-size, atomic, resumable chunk writing and the metadata.json that describes it.
+
+The samples of a split arrive as an ordered stream, micrograph after micrograph. Every `chunk_size`
+samples become `{split}_chunk_{k:04d}.pt`, written to `<name>.tmp` and moved into place with
+`os.replace`; metadata.json is then rewritten the same way with a cursor (micrograph position, samples
+of it already written). A resumed run regenerates the micrograph under the cursor (its RNG is seeded by
+its index), skips what was written, and so produces byte-identical chunks to an uninterrupted run.
+"""
+import errno
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import diff_keys
+from common.errors import InputError
+from common.files import atomic_path, atomic_write_json
+from datasets.chunks.format import (CHUNK_DTYPES, METADATA, SAMPLE_TYPE_NAMES, SAMPLE_TYPES, SCHEMA_VERSION,
+                                    chunk_name, load_metadata)
+
+
+def _disk_full(exc, directory, needed_bytes):
+    """True when a failed write ran out of space (torch.save reports it as a RuntimeError, not ENOSPC)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return shutil.disk_usage(directory).free < needed_bytes
+
+
+@contextmanager
+def _without_crc32():
+    """torch.save without a CRC32 per record, restored afterwards. The checksum is what makes saving a
+    patch chunk slow (4x on 250 MB), and torch.load never checks it: it only serves unzip tools.
+    A torch too old for the switch saves with the checksum."""
+    if not hasattr(torch.serialization, "set_crc32_options"):
+        yield
+        return
+    previous = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(previous)
+
+
+def _is_ours(name):
+    return name in (METADATA, METADATA + ".tmp") or ("_chunk_" in name and
+                                                              name.endswith((".pt", ".pt.tmp")))
+
+
+def prepare_output_dir(output_dir, tool, config, facts, resume):
+    """Load the metadata to resume from (or None to start fresh), refusing anything unsafe.
+
+    Refuses: a dir holding another tool's chunks or files that are not ours; resuming with a config
+    or preprocessing facts that differ (names the keys). `resume=False` deletes only this tool's files.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = output_dir / METADATA
+    metadata = load_metadata(meta_path) if meta_path.exists() else None
+    if metadata is not None and metadata.get("tool") != tool:
+        raise InputError(f"{output_dir} holds chunks written by {metadata.get('tool', 'another tool')}, "
+                         f"not {tool}; choose another --output-dir")
+    if metadata is None:
+        foreign = sorted(p.name for p in output_dir.iterdir() if not _is_ours(p.name))
+        if foreign:
+            raise InputError(f"{output_dir} holds files that {tool} did not write (e.g. {foreign[0]}); "
+                             f"choose an empty or new --output-dir")
+    if not resume:
+        for path in output_dir.iterdir():
+            if _is_ours(path.name):
+                path.unlink()
+        return None
+    if metadata is not None:
+        differing = diff_keys({**metadata["config"], **metadata.get("facts", {})}, {**config, **facts.to_dict()})
+        if differing:
+            raise InputError(f"{output_dir} was written with a different config ({', '.join(differing)}); "
+                             f"use --no-resume to overwrite it or another --output-dir")
+    return metadata
+
+
+class ChunkStore:
+    """Owns an output dir: the metadata, the chunk files and the per-split cursor."""
+
+    def __init__(self, output_dir, tool, config, facts, micrographs, metadata=None):
+        self.output_dir = Path(output_dir)
+        self.chunk_size = int(config["chunk_size"])
+        self.metadata = metadata or {
+            "schema_version": SCHEMA_VERSION, "tool": tool, "complete": False, "config": config,
+            "facts": facts.to_dict(), "micrographs": micrographs, "splits": {}, "priors": {},
+            "resume": {"micrographs_done": 0}, "skipped_micrographs": []}
+
+    def split_state(self, split):
+        return self.metadata["splits"].setdefault(split, {
+            "chunks": [], "counts": {name: 0 for name in SAMPLE_TYPES}, "count": 0,
+            "cursor": {"position": 0, "offset": 0}, "complete": False})
+
+    def save(self):
+        self.metadata["resume"]["micrographs_done"] = sum(
+            1 for m in self.metadata["micrographs"] if m.get("status") in ("done", "skipped"))
+        try:
+            atomic_write_json(self.output_dir / METADATA, self.metadata)
+        except OSError as exc:
+            if _disk_full(exc, self.output_dir, 1 << 20):
+                raise InputError(f"disk full while writing {self.output_dir / METADATA}; free space and "
+                                 f"rerun the same command to resume") from exc
+            raise
+
+    def write_chunk(self, split, samples, cursor):
+        """Write one chunk atomically, record it and the cursor, then rewrite metadata.json."""
+        state = self.split_state(split)
+        name = chunk_name(split, len(state["chunks"]))
+        path = self.output_dir / name
+        tensors = {key: torch.from_numpy(np.ascontiguousarray(samples[key])).to(dtype)
+                   for key, dtype in CHUNK_DTYPES.items()}
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
+        try:
+            with _without_crc32(), atomic_path(path) as tmp:
+                torch.save(tensors, tmp)
+        except (OSError, RuntimeError) as exc:
+            if _disk_full(exc, self.output_dir, needed):
+                raise InputError(f"disk full while writing {path}; free space and rerun the same command "
+                                 f"to resume (earlier chunks are intact)") from exc
+            raise
+        counts = {name: int(np.sum(samples["sample_type"] == code)) for code, name in SAMPLE_TYPE_NAMES.items()}
+        state["chunks"].append({"file": name, "count": int(len(samples["label"])), "counts": counts})
+        state["count"] += int(len(samples["label"]))
+        for key, value in counts.items():
+            state["counts"][key] += value
+        state["cursor"] = dict(cursor)
+        self.save()
+
+
+class SplitStream:
+    """Feeds one split's ordered micrograph samples into fixed-size chunks, honouring the cursor.
+
+    Samples are copied into one chunk-sized buffer per key, allocated at the first feed and reused for
+    every chunk of the split (a fresh 330 MB array per chunk costs its page faults again each time)."""
+
+    def __init__(self, store, split):
+        self.store, self.split = store, split
+        self.state = store.split_state(split)
+        self.buffer, self.buffered = None, 0
+
+    @property
+    def resume_position(self):
+        return self.state["cursor"]["position"]
+
+    def feed(self, position, samples):
+        """Add micrograph `position`'s samples (dict of arrays); writes every full chunk."""
+        n = len(samples["label"])
+        start = self.state["cursor"]["offset"] if position == self.resume_position and not self.buffered else 0
+        while start < n:
+            take = min(n - start, self.store.chunk_size - self.buffered)
+            self._append({k: v[start:start + take] for k, v in samples.items()})
+            start += take
+            if self.buffered == self.store.chunk_size:
+                cursor = {"position": position + 1, "offset": 0} if start == n else \
+                    {"position": position, "offset": start}
+                self._flush(cursor)
+
+    def _append(self, part):
+        if self.buffer is None:
+            self.buffer = {k: np.empty((self.store.chunk_size, *v.shape[1:]), v.dtype) for k, v in part.items()}
+        n = len(part["label"])
+        for key, values in part.items():
+            self.buffer[key][self.buffered:self.buffered + n] = values
+        self.buffered += n
+
+    def _flush(self, cursor):
+        self.store.write_chunk(self.split, {k: v[:self.buffered] for k, v in self.buffer.items()}, cursor)
+        self.buffered = 0
+
+    def finish(self, n_positions):
+        """Write the last, partial chunk and mark the split complete."""
+        if self.buffered:
+            self._flush({"position": n_positions, "offset": 0})
+        self.buffer = None
+        self.state["cursor"] = {"position": n_positions, "offset": 0}
+        self.state["complete"] = True
+        self.store.save()

@@ -1,0 +1,1 @@
+"""Micrograph and coordinate readers/writers and the dataset layout."""

@@ -1,0 +1,341 @@
+"""Particle coordinates: one in-memory table, read from and written to the common pickers' formats.
+
+A `ParticleTable` maps a micrograph stem (file name without directory and extension) to a
+float64 array of shape (N, 4) with the columns `COLUMNS` = x, y, diameter, score: particle centres
+in pixels of the original micrograph (x = column, y = row, row 0 first as read), the particle
+diameter in pixels (NaN where the format stores none) and a picker's score (NaN where none).
+
+Formats (converted to centres here, at the edge, and nowhere else):
+  .json  CryoTransformer COCO: bbox [x - D/2, y - D/2, D, D]
+  .csv   CryoPPP: X-Coordinate, Y-Coordinate, Diameter (optional), Confidence Score (optional)
+  .star  RELION: _rlnCoordinateX/Y centres, _rlnMicrographName, _rlnAutopickFigureOfMerit
+  .box   EMAN: box corner x, y, box width, height
+  .txt   Topaz (also .tsv): image_name, x_coord, y_coord, score (optional)
+Writers replace their file atomically (`common.files.atomic_write`).
+"""
+import json
+import re
+from pathlib import Path, PurePath
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from common.errors import InputError
+from common.files import atomic_write, atomic_write_text
+from datasets.io.micrographs import MICROGRAPH_EXTENSIONS
+
+COLUMNS = ("x", "y", "diameter", "score")
+ParticleTable = dict[str, np.ndarray]
+RELION_PICK_SUFFIX = re.compile(r"_(autopick|manualpick)$")
+CRYOPPP_COLUMNS = ("X-Coordinate", "Y-Coordinate", "Diameter", "Confidence Score")
+TOPAZ_COLUMNS = ("image_name", "x_coord", "y_coord", "score")
+
+
+def make_particles(x, y, diameter=np.nan, score=np.nan):
+    """An (N, 4) float64 particle array from centres, diameters and scores (scalars broadcast)."""
+    columns = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64).ravel() for c in (x, y, diameter, score)))
+    return np.column_stack(columns)
+
+
+def micrograph_stem(name):
+    """The micrograph key for a file name or path: no directory, no micrograph extension."""
+    name = PurePath(str(name)).name
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and f".{suffix.lower()}" in MICROGRAPH_EXTENSIONS else name
+
+
+def _split_by_micrograph(stems, particles):
+    names, index = np.unique(np.asarray(stems, dtype=str), return_inverse=True)
+    order = np.argsort(index, kind="stable")
+    bounds = np.cumsum(np.bincount(index, minlength=len(names)))[:-1]
+    return dict(zip(names.tolist(), np.split(particles[order], bounds)))
+
+
+def _stack(table):
+    stems = np.repeat(list(table), [len(particles) for particles in table.values()])
+    particles = np.concatenate([make_particles([], [])] + list(table.values()))
+    return stems, particles
+
+
+def _cannot_read(path, kind, reason, fix):
+    reason = " ".join(str(reason).split())
+    return InputError(f"cannot read {kind} file {path}: {reason}; {fix}")
+
+
+def _numbers(frame, column, path, kind, required):
+    """Column `column` of `frame` as float64; a non-number (or a blank where required) is an error."""
+    if column not in frame:
+        return np.full(len(frame), np.nan)
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & (frame[column].notna().to_numpy() | required)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _cannot_read(path, kind, f"data row {row + 1} has {column} = {frame[column].iloc[row]!r}",
+                           "fix or delete that row")
+    return values
+
+
+def _read_table(path, kind, required, fix, **read_options):
+    try:
+        frame = pd.read_csv(path, **read_options)
+    except (OSError, ValueError) as error:
+        raise _cannot_read(path, kind, error, fix) from error
+    frame.columns = frame.columns.str.strip()
+    missing = [column for column in required if column not in frame]
+    if missing:
+        raise _cannot_read(path, kind, f"missing column(s) {', '.join(missing)}", fix)
+    return frame
+
+
+def _load_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise _cannot_read(path, "COCO", error, "pass a COCO instances_*.json file") from error
+
+
+def _coco_images(path, coco):
+    images = {}
+    for image in coco["images"]:
+        stem = micrograph_stem(image["file_name"])
+        if stem in images:
+            raise _cannot_read(path, "COCO", f"two images are named {stem}",
+                               "give each micrograph a unique name")
+        images[stem] = {key: image[key] for key in ("file_name", "width", "height", "id")}
+    return images
+
+
+def _coco_particles(path, annotations, stem_of_id):
+    try:
+        stems = [stem_of_id[annotation["image_id"]] for annotation in annotations]
+    except KeyError as error:
+        raise _cannot_read(path, "COCO", f"an annotation refers to image_id {error} not listed in 'images'",
+                           "add the image or remove its annotations") from error
+    try:
+        boxes = np.array([annotation["bbox"] for annotation in annotations], dtype=np.float64).reshape(-1, 4)
+    except ValueError as error:
+        raise _cannot_read(path, "COCO", f"a bbox is not 4 numbers ({error})",
+                           "fix that annotation") from error
+    crowd = np.array([annotation.get("iscrowd", 0) == 1 for annotation in annotations], dtype=bool)
+    score = np.array([annotation.get("score", np.nan) for annotation in annotations], dtype=np.float64)
+    x, y, width, height = boxes.T
+    keep = ~crowd & ((width > 0) | (height > 0))
+    particles = make_particles(x + width / 2, y + height / 2, (width + height) / 2, score)
+    return _split_by_micrograph(np.asarray(stems, dtype=str)[keep], particles[keep])
+
+
+def read_coco(json_path):
+    """CryoTransformer COCO json -> (particles per micrograph, {stem: file_name/width/height/id}).
+
+    Centre = bbox corner + half its size, diameter = mean of bbox width and height. Dummy boxes
+    (iscrowd 1, or width = height = 0) are skipped; every listed image gets an entry.
+    """
+    path = Path(json_path)
+    coco = _load_json(path)
+    try:
+        images = _coco_images(path, coco)
+        stem_of_id = {info["id"]: stem for stem, info in images.items()}
+        found = _coco_particles(path, coco["annotations"], stem_of_id)
+    except (KeyError, TypeError, IndexError) as error:
+        raise _cannot_read(path, "COCO", f"missing or malformed key {error}",
+                           "it needs 'images' (id, file_name, width, height) and 'annotations' "
+                           "(image_id, bbox)") from error
+    empty = make_particles([], [])
+    return {stem: found.get(stem, empty) for stem in images}, images
+
+
+def read_cryoppp_csv(path, micrograph=None):
+    """CryoPPP csv (one micrograph, named by `micrograph` or the csv stem) -> ParticleTable."""
+    path = Path(path)
+    fix = "it needs a header with X-Coordinate,Y-Coordinate (Diameter, Confidence Score optional)"
+    frame = _read_table(path, "CryoPPP csv", CRYOPPP_COLUMNS[:2], fix, skipinitialspace=True)
+    columns = [_numbers(frame, column, path, "CryoPPP csv", required=index < 2)
+               for index, column in enumerate(CRYOPPP_COLUMNS)]
+    return {micrograph or path.stem: make_particles(*columns)}
+
+
+def _star_block(path):
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise _cannot_read(path, "RELION star", error, "export the picks again from RELION") from error
+    for block in blocks.values():
+        if isinstance(block, pd.DataFrame) and {"rlnCoordinateX", "rlnCoordinateY"} <= set(block):
+            return block
+    raise _cannot_read(path, "RELION star", "no loop with _rlnCoordinateX and _rlnCoordinateY",
+                       "pass a particle or autopick .star file")
+
+
+def read_star(path, micrograph=None):
+    """RELION star (old numbered columns or 3.1+ blocks) -> ParticleTable; diameters are NaN.
+
+    Micrographs are named by _rlnMicrographName, else by `micrograph`, else by the star file's
+    stem without RELION's _autopick / _manualpick suffix.
+    """
+    path = Path(path)
+    block = _star_block(path)
+    kind = "RELION star"
+    x = _numbers(block, "rlnCoordinateX", path, kind, required=True)
+    y = _numbers(block, "rlnCoordinateY", path, kind, required=True)
+    score = _numbers(block, "rlnAutopickFigureOfMerit", path, kind, required=False)
+    particles = make_particles(x, y, np.nan, score)
+    if "rlnMicrographName" in block:
+        return _split_by_micrograph([micrograph_stem(name) for name in block["rlnMicrographName"]], particles)
+    return {micrograph or RELION_PICK_SUFFIX.sub("", path.stem): particles}
+
+
+def read_box(path, micrograph=None):
+    """EMAN .box (one micrograph, named by `micrograph` or the file stem) -> ParticleTable.
+
+    Each row is `x y width height` with (x, y) the box corner in the micrograph's own pixel frame.
+    The centre is (x + width/2, y + height/2), without flipping y: RELION, cryoSPARC and Topaz
+    import .box files this way. The diameter is the mean box side.
+    """
+    path = Path(path)
+    fix = "each line needs x y box_width box_height"
+    try:
+        text = path.read_text()
+        rows = np.loadtxt(text.splitlines(), ndmin=2) if text.strip() else np.zeros((0, 4))
+    except (OSError, ValueError) as error:
+        raise _cannot_read(path, "EMAN box", error, fix) from error
+    if rows.shape[1] < 4:
+        raise _cannot_read(path, "EMAN box", f"found {rows.shape[1]} columns", fix)
+    x, y, width, height = rows[:, :4].T
+    return {micrograph or path.stem: make_particles(x + width / 2, y + height / 2, (width + height) / 2)}
+
+
+def read_topaz_txt(path):
+    """Topaz picks (tab-separated image_name, x_coord, y_coord[, score]; many micrographs) -> table."""
+    path = Path(path)
+    kind = "Topaz"
+    frame = _read_table(path, kind, TOPAZ_COLUMNS[:3], "it needs a header image_name x_coord y_coord [score]",
+                        sep=r"\s+", dtype={"image_name": str})
+    x, y, score = (_numbers(frame, column, path, kind, required=column != "score")
+                   for column in TOPAZ_COLUMNS[1:])
+    stems = [micrograph_stem(name) for name in frame["image_name"]]
+    return _split_by_micrograph(stems, make_particles(x, y, np.nan, score))
+
+
+_READERS = {
+    ".json": lambda path, micrograph: read_coco(path)[0],
+    ".csv": read_cryoppp_csv,
+    ".star": read_star,
+    ".box": read_box,
+    ".txt": lambda path, micrograph: read_topaz_txt(path),
+    ".tsv": lambda path, micrograph: read_topaz_txt(path),
+}
+COORDINATE_EXTENSIONS = tuple(_READERS)
+
+
+def _read_file(path, micrograph):
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputError(f"unknown coordinate format {path}; use one of {', '.join(COORDINATE_EXTENSIONS)}")
+    return reader(path, micrograph)
+
+
+def _read_folder(folder):
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in COORDINATE_EXTENSIONS)
+    if not files:
+        raise InputError(f"no coordinate files in {folder}; "
+                         f"it needs {', '.join(COORDINATE_EXTENSIONS)} files")
+    table = {}
+    for file in files:
+        for stem, particles in _read_file(file, None).items():
+            table[stem] = np.concatenate([table[stem], particles]) if stem in table else particles
+    return table
+
+
+def read_coordinates(path, default_diameter=None, micrograph=None):
+    """Particles from one coordinate file (format by extension) or every one in a folder, merged.
+
+    `micrograph` names the micrograph of single-micrograph formats (.csv .box .star without names).
+    NaN diameters become `default_diameter` when it is given.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"coordinate file or folder {path} not found; check the path")
+    table = _read_folder(path) if path.is_dir() else _read_file(path, micrograph)
+    if default_diameter is not None:
+        for particles in table.values():
+            particles[np.isnan(particles[:, 2]), 2] = default_diameter
+    return table
+
+
+def drop_outside(particles, width, height):
+    """(particles whose centre lies in [0, width) x [0, height), number dropped)."""
+    x, y = particles[:, 0], particles[:, 1]
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return particles[inside], int(np.count_nonzero(~inside))
+
+
+def _has_scores(particles):
+    return bool(np.isfinite(particles[:, 3]).any())
+
+
+def write_star(path, table, micrograph_names=None):
+    """RELION 3.1 `data_particles` star of centres; the score column only when scores exist."""
+    stems, particles = _stack(table)
+    names = micrograph_names or {}
+    frame = pd.DataFrame({"rlnMicrographName": [names.get(stem, stem) for stem in stems],
+                          "rlnCoordinateX": particles[:, 0], "rlnCoordinateY": particles[:, 1]})
+    if _has_scores(particles):
+        frame["rlnAutopickFigureOfMerit"] = particles[:, 3]
+    atomic_write_text(path, starfile.to_string({"particles": frame}, na_rep="nan"))
+
+
+def write_cryoppp_csv(path, particles):
+    """CryoPPP csv of one micrograph's particles; Confidence Score only when scores exist."""
+    columns = CRYOPPP_COLUMNS if _has_scores(particles) else CRYOPPP_COLUMNS[:3]
+    frame = pd.DataFrame(particles[:, :len(columns)], columns=list(columns))
+    with atomic_write(path, "w") as handle:
+        frame.to_csv(handle, index=False)
+
+
+def write_box(path, particles, box_size):
+    """EMAN .box of one micrograph: integer box corner (centre - box_size/2) and box size."""
+    box = int(round(box_size))
+    corners = np.rint(particles[:, :2] - box / 2).astype(np.int64)
+    rows = np.column_stack([corners, np.full((len(corners), 2), box)])
+    with atomic_write(path) as handle:
+        np.savetxt(handle, rows, fmt="%d", delimiter="\t")
+
+
+def write_topaz_txt(path, table):
+    """Topaz picks table: image_name, integer x_coord, y_coord, and score when scores exist."""
+    stems, particles = _stack(table)
+    frame = pd.DataFrame({"image_name": stems, "x_coord": np.rint(particles[:, 0]).astype(np.int64),
+                          "y_coord": np.rint(particles[:, 1]).astype(np.int64)})
+    if _has_scores(particles):
+        frame["score"] = particles[:, 3]
+    with atomic_write(path, "w") as handle:
+        frame.to_csv(handle, sep="\t", index=False)
+
+
+def _coco_annotations(table, images):
+    annotations = []
+    for stem, particles in table.items():
+        if stem not in images:
+            raise InputError(f"micrograph {stem} has particles but no image entry; add it to the images")
+        if np.isnan(particles[:, 2]).any():
+            raise InputError(f"particles of {stem} have no diameter; pass a default diameter")
+        for x, y, diameter, score in particles.tolist():
+            annotation = {"id": len(annotations) + 1, "image_id": images[stem]["id"], "category_id": 1,
+                          "bbox": [x - diameter / 2, y - diameter / 2, diameter, diameter],
+                          "area": diameter * diameter, "iscrowd": 0, "segmentation": []}
+            if not np.isnan(score):
+                annotation["score"] = score
+            annotations.append(annotation)
+    return annotations
+
+
+def write_coco(path, table, images):
+    """CryoTransformer COCO json; `images` maps stem -> file_name, width, height and (optional) id."""
+    images = {stem: {"id": info.get("id", index), "file_name": info["file_name"],
+                     "width": info["width"], "height": info["height"]}
+              for index, (stem, info) in enumerate(images.items())}
+    coco = {"images": list(images.values()), "annotations": _coco_annotations(table, images),
+            "categories": [{"id": 1, "name": "particle", "supercategory": ""}]}
+    atomic_write_text(path, json.dumps(coco))

@@ -1,0 +1,1 @@
+"""The preprocessing driver both preprocessors share: workers, chunk writing, summary, flags."""

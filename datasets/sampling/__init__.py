@@ -1,0 +1,1 @@
+"""Where patches are cut: sliding windows and the COCO PU split."""

@@ -1,0 +1,141 @@
+"""The COCO PU split of one micrograph: which patches it contributes. Pure functions on arrays.
+
+Inputs and outputs as in windows.py: the rescaled uint8 micrograph, particle centres in rescaled px,
+a per-micrograph Generator; a dict of arrays in the chunk contract's terms.
+"""
+import numpy as np
+
+from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
+from datasets.sampling.windows import (BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABELED, near, samples_of,
+                                       with_patches)
+
+def negative_candidates(height, width, particles_xy, *, size, spacing, min_distance):
+    """Distinct grid positions whose patch fits the micrograph and which lie >= min_distance from every particle."""
+    half = size // 2
+    if height < size or width < size:
+        return np.zeros((0, 2), dtype=np.int64)
+    step = max(1, int(round(spacing)))
+    ys = np.arange(half, height - half + 1, step)
+    xs = np.arange(half, width - half + 1, step)
+    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+    if len(particles_xy):
+        grid = grid[~near(grid, particles_xy, min_distance - 1e-9)]
+    return grid
+
+
+def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height, width):
+    """`count` window centres (x, y) next to particles but off their centres: each lies `distance` =
+    (low, high) diameters from a randomly drawn particle, in a random direction, inside the micrograph,
+    and at least `low` diameters from every particle, so it is centred on none.
+
+    They teach the classifier where a particle's centre is. Trained on centred positives and far
+    background alone, its score stays high half a diameter off-centre, and non-maximum suppression then
+    keeps a ring of false picks around each particle (on EMPIAR-10017, most high-scoring false picks lay
+    0.5-1 diameter from a particle). May return fewer than `count` in crowded micrographs.
+    """
+    low, high = distance[0] * diameter, distance[1] * diameter
+    if count == 0 or len(particles_xy) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    draws = 4 * count
+    anchors = particles_xy[rng.integers(len(particles_xy), size=draws)]
+    angle = rng.uniform(0.0, 2.0 * np.pi, draws)
+    radius = rng.uniform(low, high, draws)
+    centres = np.rint(anchors + radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1))
+    centres = centres.astype(np.int64)
+    inside = (centres >= 0).all(axis=1) & (centres[:, 0] < width) & (centres[:, 1] < height)
+    centres = centres[inside]
+    centres = centres[~near(centres, particles_xy, low - 1e-9)]
+    return centres[:count]
+
+
+def random_windows(rng, *, count, height, width):
+    """`count` window centres (x, y) drawn uniformly over the micrograph, as Topaz samples its unlabeled pixels."""
+    return np.stack([rng.integers(width, size=count), rng.integers(height, size=count)], axis=1)
+
+
+def _random_window_samples(rng, particles_xy, *, count, centre_radius, height, width, train):
+    """Windows anywhere on the micrograph: centred on a particle when one lies within `centre_radius` px.
+
+    Train: all are unlabeled (label 0); the centred ones are its positives (hidden_positive), the rest
+    background, which is what pi counts. Val/test: the centred ones are positives, the rest negatives.
+    """
+    centres = random_windows(rng, count=count, height=height, width=width)
+    centred = near(centres, particles_xy, centre_radius)
+    label = np.full(count, LABEL_UNLABELED) if train else centred.astype(int)
+    sample_type = np.where(centred, HIDDEN if train else LABELED, BACKGROUND)
+    return samples_of(centres, label, sample_type, centred.astype(int))
+
+
+def _on_particle(centres, particles_xy, diameter):
+    """Which window centres lie within half a diameter of a particle (none where the particles are unknown)."""
+    return near(centres, particles_xy, diameter / 2) if particles_xy is not None else np.zeros(len(centres), bool)
+
+
+def _known_negatives(centres, truth_xy, diameter):
+    """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known)."""
+    k = len(centres)
+    return samples_of(centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
+                    _on_particle(centres, truth_xy, diameter).astype(int))
+
+
+def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
+                    hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance,
+                    offcentre_label, random_per_pos, centre_radius, train):
+    """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
+
+    Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
+    are `neg_per_pos` per particle, at distinct grid positions >= `neg_min_distance` diameters from every
+    annotated particle; off-centre negatives are `offcentre_per_pos` per particle, `offcentre_distance`
+    diameters beside one (offcentre_negatives); both go to the unlabeled set, except that with
+    `offcentre_label="known_negative"` the off-centre windows are placed beside the labeled particles
+    only (the hidden ones are not known) and become known negatives; rejected picks (PUFP) become
+    known negatives too; `random_per_pos` windows per particle lie anywhere on the micrograph and join
+    the unlabeled set, a positive there when within `centre_radius` diameters of a particle centre
+    (random_window_samples). Val/test: every particle is a positive, negatives by the same rules, labels
+    true. `truth_xy` (all particles, when known) sets true_label, so a negative that lands on an
+    unannotated particle is marked a hidden positive.
+    """
+    height, width = image.shape
+    n = len(particles_xy)
+    order = rng.permutation(n)
+    n_hide = int(n * hide_ratio) if train else 0
+    hidden, labeled = particles_xy[order[:n_hide]], particles_xy[order[n_hide:]]
+    centres_pos = np.rint(labeled).astype(np.int64)
+    centres_hid = np.rint(hidden).astype(np.int64)
+    np.clip(centres_pos, 0, [width - 1, height - 1], out=centres_pos)
+    np.clip(centres_hid, 0, [width - 1, height - 1], out=centres_hid)
+    wanted = int(round(neg_per_pos * n))
+    candidates = negative_candidates(height, width, particles_xy, size=size,
+                                     spacing=diameter / 4, min_distance=neg_min_distance * diameter)
+    take = min(wanted, len(candidates))
+    negatives = candidates[np.sort(rng.choice(len(candidates), size=take, replace=False))] if take else candidates[:0]
+    offcentre_wanted = int(round(offcentre_per_pos * n))
+    offcentre_known = train and offcentre_label == "known_negative"
+    offcentre = offcentre_negatives(labeled if offcentre_known else particles_xy, rng, count=offcentre_wanted,
+                                    diameter=diameter, distance=offcentre_distance, height=height, width=width)
+    if not offcentre_known:
+        negatives = np.concatenate([negatives, offcentre])
+    n_negatives = len(negatives)
+    on_particle = _on_particle(negatives, truth_xy, diameter)
+    parts = [
+        samples_of(centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
+                 np.ones(len(labeled))),
+        samples_of(centres_hid, np.full(n_hide, LABEL_UNLABELED), np.full(n_hide, HIDDEN), np.ones(n_hide)),
+        samples_of(negatives, np.full(n_negatives, LABEL_UNLABELED), np.where(on_particle, HIDDEN, BACKGROUND),
+                 on_particle.astype(int)),
+    ]
+    if offcentre_known and len(offcentre):
+        parts.append(_known_negatives(offcentre, particles_xy if truth_xy is None else truth_xy, diameter))
+    if train and known_negative_xy is not None and len(known_negative_xy):
+        centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
+        parts.append(_known_negatives(centres_kn, None, diameter))
+    n_random = int(round(random_per_pos * n))
+    if n_random:
+        parts.append(_random_window_samples(rng, particles_xy if truth_xy is None else truth_xy,
+                                            count=n_random, centre_radius=centre_radius * diameter,
+                                            height=height, width=width, train=train))
+    stats = {"negatives_wanted": wanted, "negatives_found": int(take),
+             "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide),
+             "random_windows": n_random}
+    return with_patches(image, parts, size), stats

@@ -1,0 +1,1 @@
+"""The synthetic micrograph simulator behind make_synthetic_dataset.py."""

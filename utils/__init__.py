@@ -1,1 +1,0 @@
-"""Small shared helpers: YAML config with CLI overrides, atomic file writes, run facts."""
