@@ -85,7 +85,7 @@ def read_manifest(folder: Path) -> tuple[list[str], list[str]] | None:
     try:
         entries = json.loads(path.read_text())["micrographs"]
         stems = [micrograph_stem(entry["stem"]) for entry in entries]
-        failed = [micrograph_stem(entry["stem"]) for entry in entries if entry.get("status") == "failed"]
+        failed = [micrograph_stem(entry["stem"]) for entry in entries if entry.get("status", "done") != "done"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"cannot read {path}: {error}; it needs {{\"micrographs\": [{{\"stem\": ...}}]}} "
                          "(or delete it and pass --micrographs)") from error

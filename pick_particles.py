@@ -28,7 +28,6 @@ every micrograph; a rerun skips micrographs already done), overlays/<stem>.png f
 """
 import argparse
 import glob
-import hashlib
 import time
 import warnings
 from collections import Counter
@@ -41,12 +40,14 @@ from tqdm import tqdm
 
 from datasets.io.coordinates import micrograph_stem
 from common.errors import InputError, exit_on_input_error
+from common.files import file_sha256, folder_lock
 from datasets.io.micrographs import list_micrographs
 from picking.overlay import save_overlay_png
 from datasets.geometry import to_scaled
 from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, load_picker, pick_prepared,
                            prepare_for_picking, scoring_method)
-from picking.writers import FORMATS, is_done, open_manifest, record, write_combined_coco, write_picks
+from picking.writers import (FORMATS, check_own_folder, is_done, open_manifest, record, write_combined_coco,
+                             write_picks)
 
 DEFAULT_THRESHOLD = -6.0
 PICK_SETTINGS = ("checkpoint_sha256", "stride", "peak_rescore", "peak_symmetries", "min_distance_px", "threshold",
@@ -143,11 +144,6 @@ def read_ahead(paths, facts):
             yield path, result
 
 
-def file_sha256(path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def check_options(args) -> None:
     """Refuse bad numbers before the model is loaded."""
     for name, value in (("--min-distance-fraction", args.min_distance_fraction), ("--batch-size", args.batch_size),
@@ -214,26 +210,36 @@ def run(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     picker = load_picker(args.checkpoint, device)
     settings = pick_settings(args, picker, device)
+    with folder_lock(args.output_dir, "pick_particles"):
+        manifest = open_manifest(args.output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS)
+        check_own_folder(args.output_dir, manifest)
+        return pick_all(args, picker, settings, manifest, paths)
+
+
+def pick_all(args, picker, settings, manifest, paths) -> dict:
+    """Pick every micrograph of `paths` not done yet, recording each in the manifest before and after."""
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    manifest = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS)
     overlaid = {micrograph_stem(p) for p in paths[:args.overlays]}
     todo = [p for p in paths if not is_done(output_dir, manifest, micrograph_stem(p), settings["formats"])]
     counts = {"picked": 0, "failed": 0, "picks": 0}
     started = time.perf_counter()
     for path, micrograph in tqdm(read_ahead(todo, picker.facts), total=len(todo), desc="picking", unit="micrograph"):
+        entry = {"stem": micrograph_stem(path), "path": str(Path(path).resolve())}
         if isinstance(micrograph, InputError):
             warnings.warn(str(micrograph))
-            entry = {"stem": micrograph_stem(path), "path": str(Path(path).resolve()), "status": "failed",
-                     "reason": str(micrograph)}
+            entry.update(status="failed", reason=str(micrograph))
         else:
-            entry = pick_one(args, picker, settings, path, micrograph, micrograph_stem(path) in overlaid)
+            record(output_dir, manifest, {**entry, "status": "started"})  # its files are ours from here on
+            entry = pick_one(args, picker, settings, path, micrograph, entry["stem"] in overlaid)
             counts["picks"] += entry["n_picks"]
         counts["picked" if entry["status"] == "done" else "failed"] += 1
         record(output_dir, manifest, entry)
     seconds = time.perf_counter() - started
     if "coco" in settings["formats"]:
         write_combined_coco(output_dir, manifest)
+    if todo and not counts["picked"]:
+        first = next(e for e in manifest["micrographs"] if e["status"] == "failed")
+        raise InputError(f"none of the {len(todo)} micrographs could be picked (e.g. {first['reason']})")
     return {"output_dir": str(output_dir), "micrographs": len(paths), "skipped": len(paths) - len(todo),
             **counts, "seconds": seconds,
             "seconds_per_micrograph": seconds / counts["picked"] if counts["picked"] else None,

@@ -7,7 +7,8 @@
 #
 # Options: --data-root DIR (CryoTransformer layout), --config YAML, --exp-name NAME, --chunks-dir DIR
 # (the preprocessing output, your big disk), --experiments-dir DIR (default experiments), --device cuda|cpu,
-# --num-workers N, --expected-particles N (picks kept per micrograph); demo only: --synthetic-dir DIR
+# --num-workers N, --expected-particles N (picks kept per micrograph), --redo-preprocessing (start the chunks
+# over, e.g. after changing the data root or config); demo only: --synthetic-dir DIR
 # (default data/synthetic) and --synthetic-args "FLAGS" (passed to make_synthetic_dataset.py).
 # Every stage checks its own outputs: a rerun skips finished stages and resumes an interrupted one.
 # Logs: experiments/<exp-name>/logs/<stage>.log
@@ -18,7 +19,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 
 DATA_ROOT="" CONFIG="" EXP_NAME="" CHUNKS_DIR="" DEVICE="" NUM_WORKERS=2 EXPECTED="" EXPERIMENTS=experiments
-SYNTHETIC_DIR=data/synthetic SYNTHETIC_ARGS=""
+SYNTHETIC_DIR=data/synthetic SYNTHETIC_ARGS="" REDO_FLAG=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data-root) DATA_ROOT=$(abs "$2"); shift 2 ;;
@@ -31,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     --experiments-dir) EXPERIMENTS=$(abs "$2"); shift 2 ;;
     --synthetic-dir) SYNTHETIC_DIR=$(abs "$2"); shift 2 ;;
     --synthetic-args) SYNTHETIC_ARGS=$2; shift 2 ;;
+    --redo-preprocessing) REDO_FLAG=(--no-resume); shift ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -68,13 +70,11 @@ if [[ $DEMO == 1 ]]; then
   fi
 fi
 
-# 1. COCO PU split into chunks (the tool resumes an interrupted run and skips a complete one)
-if grep -qsE '^  "complete": true,?$' "${CHUNKS_DIR}/metadata.json"; then  # the run's flag, not a split's
-  skip preprocess "${CHUNKS_DIR}/metadata.json"
-else
-  stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
-    --num-workers "$NUM_WORKERS"
-fi
+# 1. COCO PU split into chunks. Always run: the tool resumes an interrupted run, says "already complete"
+# for a finished one, and refuses chunks made from another data root or config (--redo-preprocessing
+# starts them over)
+stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
+  --num-workers "$NUM_WORKERS" "${REDO_FLAG[@]}"
 
 # 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json
 if [[ -f "${RUN_DIR}/results.json" ]]; then skip train "${RUN_DIR}/results.json"

@@ -6,6 +6,7 @@ onto keys the same way. A key that the defaults do not define is an error naming
 never silently does nothing. The resolved config is saved beside the results.
 """
 import copy
+import math
 from pathlib import Path
 
 import yaml
@@ -44,8 +45,43 @@ def merge_checked(base, update, source, prefix=""):
         elif isinstance(merged[key], dict):
             raise InputError(f"config key '{dotted}' in {source} is a section; give it a mapping")
         else:
-            merged[key] = value
+            merged[key] = checked_value(dotted, merged[key], value, source)
     return merged
+
+
+KIND_NAMES = {bool: "true/false", int: "whole number", float: "finite number", str: "string", list: "list"}
+
+
+def _kind(value):
+    """The type a config value must keep: bool, int, float (ints accepted), str or list."""
+    for kind in (bool, int, float, str, list):
+        if isinstance(value, kind):
+            return kind
+    return None
+
+
+def _fits(kind, value):
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def checked_value(dotted, default, value, source):
+    """`value` for key `dotted` if it has the type of the key's `default` (null defaults take anything,
+    a string is a one-item list where the default is a list of strings); else a one-line InputError."""
+    kind = _kind(default)
+    if kind is None or value is None and default is None:
+        return value
+    if kind is list and isinstance(value, str) and all(isinstance(item, str) for item in default):
+        value = [value]
+    items = default if kind is list and default else None
+    item_kind = {int: float}.get(_kind(items[0]), _kind(items[0])) if items else None  # [1, 4] takes [0.2, 0.8]
+    if _fits(kind, value) and (item_kind is None or all(_fits(item_kind, item) for item in value)):
+        return value
+    wanted = f"a list of {KIND_NAMES[item_kind]}s" if item_kind else f"a {KIND_NAMES[kind]}"
+    raise InputError(f"config key '{dotted}' in {source} must be {wanted} like {default!r}, not {value!r}")
 
 
 def parse_overrides(items):

@@ -1,10 +1,38 @@
-"""Atomic writes (one helper, fsynced) and run facts (git sha, peak memory, bytes on disk)."""
+"""Safe writing: atomic files (fsynced), one advisory lock per output folder, one error for a full disk;
+and run facts (git sha, peak memory, bytes on disk)."""
 import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
+import time
 from pathlib import Path
+
+from common.errors import InputError
+
+LOCK_FILE = ".lock"
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_failure(exc, path):
+    """The one-line InputError for a write that failed for want of space or permission, else None.
+
+    torch.save reports a full disk as a RuntimeError, not ENOSPC: then the free space tells why.
+    """
+    folder = Path(path).parent
+    code = getattr(exc, "errno", None)
+    if code in DENIED_ERRNOS:
+        return InputError(f"cannot write {path}: permission denied; choose a folder you can write to")
+    if code in FULL_DISK_ERRNOS or (isinstance(exc, (OSError, RuntimeError)) and folder.is_dir()
+                                    and shutil.disk_usage(folder).free < (1 << 20)):
+        return InputError(f"disk full while writing {path}; free space and rerun the same command to resume "
+                          f"(what was written before is intact)")
+    return None
 
 
 @contextlib.contextmanager
@@ -17,9 +45,9 @@ def atomic_path(path):
     configs, results, pick files and manifests (`atomic_write` for writers that take an open file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         descriptor = os.open(tmp, os.O_RDONLY)
         try:
@@ -27,6 +55,11 @@ def atomic_path(path):
         finally:
             os.close(descriptor)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        failure = write_failure(exc, path)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -38,6 +71,34 @@ def atomic_write(path, mode="wb"):
         yield handle
 
 
+@contextlib.contextmanager
+def folder_lock(folder, tool):
+    """Hold an exclusive advisory lock (fcntl.flock on `<folder>/.lock`) while `tool` writes `folder`.
+
+    A second writer gets a one-line InputError naming the first (tool, pid, start time) instead of
+    mixing its files in. The lock goes with the process, so a killed writer never leaves it held.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise write_failure(exc, folder / LOCK_FILE) or exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(f"{folder} is being written by {holder}; wait for it to finish or choose another "
+                             f"output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{tool} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        yield
+
+
 def atomic_write_text(path, text):
     with atomic_write(path, "w") as handle:
         handle.write(text)
@@ -45,6 +106,12 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, data):
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes, read in 8 MB blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def git_sha(repo_dir=None):

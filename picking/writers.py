@@ -10,9 +10,10 @@ Per micrograph, in the output folder (each file replaced atomically by `datasets
 For all micrographs: `picks.json` (COCO, bbox = diameter square around each centre, `score` = logit),
 written at the end; `evaluate_picks.py` reads a folder's STAR files first and only reads .json files
 when asked for COCO, and then this is the only one, so nothing is counted twice.
-`manifest.json` = {"micrographs": [{"stem", "path", "status": "done" | "failed", "n_picks", "width",
-"height", "seconds" | "reason"}], "checkpoint", "settings"}, rewritten atomically after every
-micrograph: a micrograph whose entry says done and whose files are all present is not picked again.
+`manifest.json` = {"micrographs": [{"stem", "path", "status": "started" | "done" | "failed", "n_picks",
+"width", "height", "seconds" | "reason"}], "checkpoint", "settings"}, rewritten atomically before and
+after every micrograph: a micrograph whose entry says done and whose files are all present is not
+picked again; only files of listed micrographs are ever overwritten (`own_files`).
 """
 import json
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from datasets.io.coordinates import read_cryoppp_csv, write_box, write_coco, write_cryoppp_csv, write_star, \
     write_topaz_txt
 from common.errors import InputError
-from common.files import atomic_write_json
+from common.files import LOCK_FILE, atomic_write_json
 
 PER_MICROGRAPH_FORMATS = ("star", "csv", "box", "txt")
 FORMATS = (*PER_MICROGRAPH_FORMATS, "coco")
@@ -89,6 +90,27 @@ def open_manifest(output_dir, checkpoint, settings: dict, compared) -> dict:
                          f"use another --output-dir or delete that folder")
     manifest["settings"] = settings
     return manifest
+
+
+def own_files(manifest: dict) -> set[str]:
+    """Names picking may overwrite in its output folder: the manifest, the combined COCO file, the lock,
+    the per-micrograph files and overlays of the micrographs the manifest lists (a micrograph is
+    listed as started before its files are written), and their temporary names."""
+    names = {MANIFEST, COMBINED_COCO, LOCK_FILE, "overlays"}
+    for entry in manifest["micrographs"]:
+        names |= {f"{entry['stem']}.{name}" for name in PER_MICROGRAPH_FORMATS}
+        names.add(f"overlays/{entry['stem']}.png")
+    return names | {name + ".tmp" for name in names}
+
+
+def check_own_folder(output_dir, manifest: dict) -> None:
+    """Refuse an output folder holding files picking did not write (labels, say): they could be overwritten."""
+    ours = own_files(manifest)
+    found = [path.relative_to(output_dir).as_posix() for path in Path(output_dir).rglob("*")]
+    foreign = sorted(name for name in found if name not in ours)
+    if foreign:
+        raise InputError(f"{output_dir} holds files that picking did not write (e.g. {foreign[0]}); choose an "
+                         f"empty or new --output-dir so they are not overwritten")
 
 
 def is_done(output_dir, manifest: dict, stem: str, formats) -> bool:

@@ -590,11 +590,23 @@ def _remove_previous(out):
     if not summary_path.is_file():
         raise InputError(f"--out {out} is not empty and holds no synthetic dataset (dataset.json); "
                          f"choose a new or empty folder")
-    for facts in json.loads(summary_path.read_text())["micrographs"]:
-        for path in (out / facts["split"] / facts["file_name"],
-                     out / "particle_coordinates" / f"{facts['stem']}.csv",
-                     out / "ground_truth" / f"{facts['stem']}.csv"):
-            path.unlink(missing_ok=True)
+    try:
+        listed = [(facts["split"], facts["file_name"], facts["stem"])
+                  for facts in json.loads(summary_path.read_text())["micrographs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{summary_path} is not a dataset.json this tool wrote ({exc}); choose a new or empty "
+                         f"--out folder") from exc
+    paths = [path for split, name, stem in listed
+             for path in (out / split / name, out / "particle_coordinates" / f"{stem}.csv",
+                          out / "ground_truth" / f"{stem}.csv")]
+    inside = [path for path in paths if path.resolve().parent.parent == out.resolve()
+              and path.resolve().parent.name in (*SPLITS, "particle_coordinates", "ground_truth")]
+    if len(inside) != len(paths):
+        stray = next(path for path in paths if path not in inside)
+        raise InputError(f"{summary_path} lists {stray}, outside the dataset's own folders; it was not written by "
+                         f"this tool: choose a new or empty --out folder")
+    for path in inside:
+        path.unlink(missing_ok=True)
 
 
 def write_dataset(config, out, num_workers=1):

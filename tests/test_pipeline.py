@@ -61,8 +61,23 @@ def test_second_run_skips_finished_stages(pipeline):
     tmp, _ = pipeline
     again = run_pipeline(tmp)
     assert again.returncode == 0, again.stderr[-2000:]
-    for stage in ("synthetic_data", "preprocess", "train", "evaluate"):
+    for stage in ("synthetic_data", "train", "evaluate"):
         assert f"stage: {stage} already done" in again.stdout
+    assert "already complete, nothing to do" in again.stdout  # preprocessing runs, finds its chunks done
+
+
+def test_chunks_of_another_data_root_are_refused_not_reused(pipeline):
+    """The chunk folder remembers its data root: a run on other data stops instead of training on stale chunks."""
+    tmp, _ = pipeline
+    other = tmp / "other_data"
+    other.mkdir()
+    for item in (tmp / "synthetic").iterdir():
+        (other / item.name).symlink_to(item)
+    command = [*pipeline_command(tmp)[:2], "--data-root", str(other), *pipeline_command(tmp)[2:]]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and "stage 'preprocess' failed" in done.stderr
+    assert "different config (data_root)" in done.stdout + done.stderr
 
 
 def test_failing_stage_stops_with_its_name(tmp_path):

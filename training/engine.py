@@ -19,9 +19,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from common.config import diff_keys, save_config
 from common.errors import InputError
-from common.files import atomic_write_json, git_sha
+from common.files import atomic_write_json, atomic_write_text, folder_lock, git_sha
 from datasets.augment import strong_augment, weak_augment
 from datasets.chunks.format import PreprocessingFacts
+from datasets.chunks.loader import verify_checksums
 from datasets.prior import ClassPrior
 from losses import ConsistencyLoss, PNLoss, PULoss
 from models import ModelEMA, build_model
@@ -325,6 +326,13 @@ def evaluate(run, model, split, best_threshold=None):
     return patch_metrics(scores, truth, best_threshold), scores, truth
 
 
+def write_metrics(run):
+    """metrics.jsonl, one line per finished epoch, rewritten from the history last.pt holds: a run killed
+    anywhere and resumed has each epoch's line exactly once."""
+    lines = "".join(json.dumps(record) + "\n" for record in run.progress.get("history", []))
+    atomic_write_text(run.run_dir / "metrics.jsonl", lines)
+
+
 def save_state(run, name, epoch, step_in_epoch):
     if not run.main:
         return
@@ -341,6 +349,8 @@ def save_state(run, name, epoch, step_in_epoch):
         "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None},
         "git_sha": git_sha()})
+    if name == "last.pt":
+        write_metrics(run)
 
 
 def restore_state(run, path):
@@ -382,7 +392,7 @@ def restore_state(run, path):
 
 def new_progress():
     return {"step": 0, "best_metric": -1.0, "best_epoch": -1, "auc_history": [], "train_seconds": 0.0,
-            "stopped": None, "epochs_done": 0}
+            "stopped": None, "epochs_done": 0, "history": []}
 
 
 def print_epoch(epoch, epochs, parts, val, prior, is_best, warnings, averaged_epochs):
@@ -426,8 +436,7 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
                   "train": parts, "val": {k: v for k, v in val.items() if not isinstance(v, dict)},
                   "warnings": [t for t, _ in warnings], "train_seconds": progress["train_seconds"],
                   "averaged_epochs": run.averaged_epochs}
-        with open(run.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        progress.setdefault("history", []).append(record)
         prior = run.prior.value if run.prior else math.nan
         print_epoch(epoch, cfg["epochs"], parts, val, prior, is_best, warnings, run.averaged_epochs)
         if is_best:
@@ -506,27 +515,38 @@ def setup_distributed(device_name):
 
 def fit(config, run_dir, facts, prior, device_name=None, num_workers=0):
     """Train (or resume) the run in run_dir on data with `facts`, π `prior` (a ClassPrior, or None for
-    the PN baseline); returns results.json's dict on rank 0."""
+    the PN baseline); returns results.json's dict on rank 0. Rank 0 holds the run dir's lock."""
     rank, world_size, device = setup_distributed(device_name)
+    try:
+        with folder_lock(run_dir, "training") if rank == 0 else nullcontext():
+            return _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers):
     run = build_run(config, run_dir, device, facts, prior, rank, world_size, num_workers)
     run.progress = new_progress()
     start_epoch, skip = 0, 0
+    for stale in run_dir.glob("*.tmp"):  # a save a kill interrupted (we hold the lock: nobody writes them)
+        stale.unlink()
     if (run_dir / "last.pt").exists():
         start_epoch, skip = restore_state(run, run_dir / "last.pt")
         if run.main:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {run.progress['step']}")
+    elif run.main and config["data"]["verify_checksums"]:
+        checked, unchecked = verify_checksums(config["data"]["data_dir"])
+        print(f"{checked} chunk(s) match their checksums" + (f"; {unchecked} written without one" if unchecked else ""))
     if run.main:
         save_config(config, run_dir / "config.yaml")
         run.writer = SummaryWriter(str(run_dir), purge_step=run.progress["step"] or None)
     try:
         if not run.progress["stopped"]:
             train(run, start_epoch, skip)
-        results = final_results(run) if run.main else None
+        return final_results(run) if run.main else None
     except TrainingDiverged as exc:
         raise InputError(str(exc)) from exc
     finally:
         if run.writer is not None:
             run.writer.close()
-        if world_size > 1:
-            dist.destroy_process_group()
-    return results

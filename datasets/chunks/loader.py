@@ -19,12 +19,15 @@ import math
 import pickle
 from dataclasses import dataclass
 from itertools import accumulate
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
 from common.errors import InputError
+from common.files import file_sha256
 from datasets.chunks.format import (CHUNK_DTYPES, LABEL_POSITIVE, METADATA, chunk_dir_list, metadata_field,
                                     read_metadata)
 
@@ -83,6 +86,22 @@ def open_chunk_dirs(dirs, split):
         raise InputError(f"{', '.join(map(str, dirs))}: no {split} chunks; check --data-dir or preprocess "
                          f"with a {split} split")
     return ChunkIndex(tuple(dirs), split, tuple(paths), tuple(counts), patch_sizes[dirs[0]])
+
+
+def verify_checksums(dirs):
+    """Check every chunk of the chunk dirs against the sha256 its metadata.json recorded while writing.
+
+    A chunk that was damaged, truncated or replaced (another run writing the same folder, a bad disk)
+    is a one-line InputError naming it. Chunks written before checksums were recorded are not checked;
+    returns (chunks checked, chunks without a checksum)."""
+    listed = [(Path(d) / entry["file"], entry.get("sha256")) for d in chunk_dir_list(dirs)
+              for split in read_metadata(d)["splits"].values() for entry in split["chunks"]]
+    for path, expected in tqdm(listed, desc="verifying chunk checksums", unit="chunk", leave=False):
+        if expected is not None and file_sha256(path) != expected:
+            raise InputError(f"{path} does not match the checksum its metadata.json recorded (damaged or replaced); "
+                             f"rerun the preprocessing command with --no-resume, or set data.verify_checksums false")
+    missing = sum(expected is None for _, expected in listed)
+    return len(listed) - missing, missing
 
 
 def load_chunk(path, count, patch_size, mmap):

@@ -6,8 +6,6 @@ samples become `{split}_chunk_{k:04d}.pt`, written to `<name>.tmp` and moved int
 of it already written). A resumed run regenerates the micrograph under the cursor (its RNG is seeded by
 its index), skips what was written, and so produces byte-identical chunks to an uninterrupted run.
 """
-import errno
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,16 +14,10 @@ import torch
 
 from common.config import diff_keys
 from common.errors import InputError
-from common.files import atomic_path, atomic_write_json
+from common.files import LOCK_FILE, atomic_path, atomic_write_json, file_sha256
 from datasets.chunks.format import (CHUNK_DTYPES, METADATA, SAMPLE_TYPE_NAMES, SAMPLE_TYPES, SCHEMA_VERSION,
                                     chunk_name, load_metadata)
-
-
-def _disk_full(exc, directory, needed_bytes):
-    """True when a failed write ran out of space (torch.save reports it as a RuntimeError, not ENOSPC)."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return shutil.disk_usage(directory).free < needed_bytes
+from datasets.io.layout import SPLITS
 
 
 @contextmanager
@@ -44,33 +36,39 @@ def _without_crc32():
         torch.serialization.set_crc32_options(previous)
 
 
-def _is_ours(name):
-    return name in (METADATA, METADATA + ".tmp") or ("_chunk_" in name and
-                                                              name.endswith((".pt", ".pt.tmp")))
+def own_files(metadata):
+    """The names a preprocessing tool may delete or overwrite in its output dir: the files its metadata
+    lists, the next chunk of each split (written, or being written, when a run was killed), their
+    temporary names, metadata.json and the lock file. Nothing else is ever touched."""
+    names = {METADATA, LOCK_FILE}
+    for split in SPLITS:
+        chunks = (metadata or {}).get("splits", {}).get(split, {}).get("chunks", [])
+        names |= {entry["file"] for entry in chunks} | {chunk_name(split, len(chunks))}
+    return names | {name + ".tmp" for name in names}
 
 
 def prepare_output_dir(output_dir, tool, config, facts, resume):
     """Load the metadata to resume from (or None to start fresh), refusing anything unsafe.
 
-    Refuses: a dir holding another tool's chunks or files that are not ours; resuming with a config
-    or preprocessing facts that differ (names the keys). `resume=False` deletes only this tool's files.
+    Refuses: a dir holding another tool's chunks or files this tool did not write (`own_files`);
+    resuming with a config or preprocessing facts that differ (names the keys). `resume=False`
+    deletes only this tool's own files. Leftover temporary files of a killed run are removed.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     meta_path = output_dir / METADATA
     metadata = load_metadata(meta_path) if meta_path.exists() else None
     if metadata is not None and metadata.get("tool") != tool:
         raise InputError(f"{output_dir} holds chunks written by {metadata.get('tool', 'another tool')}, "
                          f"not {tool}; choose another --output-dir")
-    if metadata is None:
-        foreign = sorted(p.name for p in output_dir.iterdir() if not _is_ours(p.name))
-        if foreign:
-            raise InputError(f"{output_dir} holds files that {tool} did not write (e.g. {foreign[0]}); "
-                             f"choose an empty or new --output-dir")
+    ours = own_files(metadata)
+    foreign = sorted(p.name for p in output_dir.iterdir() if p.name not in ours)
+    if foreign:
+        raise InputError(f"{output_dir} holds files that {tool} did not write (e.g. {foreign[0]}); "
+                         f"choose an empty or new --output-dir")
+    for path in output_dir.iterdir():
+        if path.name.endswith(".tmp") or (not resume and path.name != LOCK_FILE):
+            path.unlink()
     if not resume:
-        for path in output_dir.iterdir():
-            if _is_ours(path.name):
-                path.unlink()
         return None
     if metadata is not None:
         differing = diff_keys({**metadata["config"], **metadata.get("facts", {})}, {**config, **facts.to_dict()})
@@ -99,13 +97,7 @@ class ChunkStore:
     def save(self):
         self.metadata["resume"]["micrographs_done"] = sum(
             1 for m in self.metadata["micrographs"] if m.get("status") in ("done", "skipped"))
-        try:
-            atomic_write_json(self.output_dir / METADATA, self.metadata)
-        except OSError as exc:
-            if _disk_full(exc, self.output_dir, 1 << 20):
-                raise InputError(f"disk full while writing {self.output_dir / METADATA}; free space and "
-                                 f"rerun the same command to resume") from exc
-            raise
+        atomic_write_json(self.output_dir / METADATA, self.metadata)
 
     def write_chunk(self, split, samples, cursor):
         """Write one chunk atomically, record it and the cursor, then rewrite metadata.json."""
@@ -114,17 +106,12 @@ class ChunkStore:
         path = self.output_dir / name
         tensors = {key: torch.from_numpy(np.ascontiguousarray(samples[key])).to(dtype)
                    for key, dtype in CHUNK_DTYPES.items()}
-        needed = sum(t.numel() * t.element_size() for t in tensors.values())
-        try:
-            with _without_crc32(), atomic_path(path) as tmp:
-                torch.save(tensors, tmp)
-        except (OSError, RuntimeError) as exc:
-            if _disk_full(exc, self.output_dir, needed):
-                raise InputError(f"disk full while writing {path}; free space and rerun the same command "
-                                 f"to resume (earlier chunks are intact)") from exc
-            raise
+        with _without_crc32(), atomic_path(path) as tmp:
+            torch.save(tensors, tmp)
+            checksum = file_sha256(tmp)  # read back from the page cache it was just written to
         counts = {name: int(np.sum(samples["sample_type"] == code)) for code, name in SAMPLE_TYPE_NAMES.items()}
-        state["chunks"].append({"file": name, "count": int(len(samples["label"])), "counts": counts})
+        state["chunks"].append({"file": name, "count": int(len(samples["label"])), "counts": counts,
+                                "sha256": checksum})
         state["count"] += int(len(samples["label"]))
         for key, value in counts.items():
             state["counts"][key] += value

@@ -206,12 +206,23 @@ def read_box(path, micrograph=None):
     return {micrograph or path.stem: make_particles(x + width / 2, y + height / 2, (width + height) / 2)}
 
 
+def _topaz_separator(path):
+    """Tabs where the header has one (Topaz writes tabs, and a micrograph name may hold spaces), else any
+    run of white space (hand-made files)."""
+    try:
+        with open(path) as handle:
+            header = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return r"\s+"  # the reader then names the file and the problem
+    return "\t" if "\t" in header else r"\s+"
+
+
 def read_topaz_txt(path):
     """Topaz picks (tab-separated image_name, x_coord, y_coord[, score]; many micrographs) -> table."""
     path = Path(path)
     kind = "Topaz"
     frame = _read_table(path, kind, TOPAZ_COLUMNS[:3], "it needs a header image_name x_coord y_coord [score]",
-                        sep=r"\s+", dtype={"image_name": str})
+                        sep=_topaz_separator(path), dtype={"image_name": str})
     x, y, score = (_numbers(frame, column, path, kind, required=column != "score")
                    for column in TOPAZ_COLUMNS[1:])
     stems = [micrograph_stem(name) for name in frame["image_name"]]

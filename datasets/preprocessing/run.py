@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.files import bytes_on_disk, human_bytes, peak_rss_mb
+from common.files import bytes_on_disk, folder_lock, human_bytes, peak_rss_mb
 from datasets.chunks.format import PreprocessingFacts
 from datasets.chunks.writer import ChunkStore, SplitStream, prepare_output_dir
 from datasets.geometry import to_original, to_scaled
@@ -73,9 +73,15 @@ def _consume(store, stream, table_row, position, result, strict):
     stream.feed(position, samples)
 
 
-def run_preprocessing(tool, config, records, sample_fn, *, facts, output_dir, resume, num_workers, strict,
-                      priors_fn):
-    """Write every split's chunks into output_dir (resuming where it stopped) and return a summary."""
+def run_preprocessing(tool, config, records, sample_fn, *, output_dir, **options):
+    """Write every split's chunks into output_dir (resuming where it stopped) and return a summary.
+
+    The folder is locked while it is written: a second writer is refused, naming this one."""
+    with folder_lock(output_dir, tool):
+        return _write_chunks(tool, config, records, sample_fn, output_dir=output_dir, **options)
+
+
+def _write_chunks(tool, config, records, sample_fn, *, facts, output_dir, resume, num_workers, strict, priors_fn):
     start = time.time()
     table = [{"index": r.index, "path": str(Path(r.path).resolve()), "stem": r.stem, "split": r.split,
               "status": "pending"} for r in records]
@@ -105,6 +111,11 @@ def run_preprocessing(tool, config, records, sample_fn, *, facts, output_dir, re
     for split in SPLITS:  # splits with no micrographs left to read
         if not streams[split].state["complete"]:
             streams[split].finish(sizes[split])
+    if not streams["train"].state["count"]:
+        skipped = [m for m in store.metadata["micrographs"] if m.get("status") == "skipped"]
+        why = f" ({len(skipped)} unreadable, e.g. {skipped[0]['reason']})" if skipped else ""
+        raise InputError(f"no training patches were written to {output_dir}{why}; check --data-root and the "
+                         f"train micrographs, then rerun")
     store.metadata["priors"] = priors_fn(store.metadata)
     store.metadata["complete"] = True
     store.save()

@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 import preprocess_chunked
 import preprocess_coco_full_dataset
 import run_chunked_preprocessing
+from common import files
 from common.errors import InputError
 from datasets.chunks import writer as chunk_writer
 from datasets.io.coordinates import make_particles, read_coco, write_coco, write_cryoppp_csv
@@ -355,8 +356,8 @@ def test_disk_full_keeps_earlier_chunks_and_resumes(tiny, tmp_path, monkeypatch,
         return real_save(obj, path, *a, **k)
     monkeypatch.setattr(torch, "save", full_disk)
     if failure == "torch_runtime_error":  # what torch.save raises on a full disk; free space tells why
-        real_usage = chunk_writer.shutil.disk_usage
-        monkeypatch.setattr(chunk_writer.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=0))
+        real_usage = files.shutil.disk_usage
+        monkeypatch.setattr(files.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=0))
     with pytest.raises(SystemExit) as exit_info:
         preprocess_coco_full_dataset.main(coco_args(tiny, out))
     assert exit_info.value.code == 2
@@ -511,8 +512,14 @@ def test_output_dir_guards_and_config_change(tiny, tmp_path, capsys):
     err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, out, "--hide-ratio", "0.5"))
     assert "hide_ratio" in err and "--no-resume" in err
     (out / "keep_me.txt").write_text("mine")
+    (out / "train_chunk_0042.pt").write_bytes(b"a file named like ours that no metadata lists")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    err = _error(capsys, preprocess_coco_full_dataset, coco_args(tiny, out, "--hide-ratio", "0.5", "--no-resume"))
+    assert "did not write (e.g. keep_me.txt)" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # --no-resume deleted nothing
+    (out / "keep_me.txt").unlink()
+    (out / "train_chunk_0042.pt").unlink()
     preprocess_coco_full_dataset.main(coco_args(tiny, out, "--hide-ratio", "0.5", "--no-resume"))
-    assert (out / "keep_me.txt").read_text() == "mine"
     assert json.loads((out / "metadata.json").read_text())["config"]["hide_ratio"] == 0.5
 
 

@@ -343,3 +343,16 @@ def test_drop_outside_and_stems():
     assert dropped == 3
     assert micrograph_stem("MotionCorr/job002/Falcon_2012.06_0.MRC") == "Falcon_2012.06_0"
     assert micrograph_stem("Falcon_2012.06_0") == "Falcon_2012.06_0"
+
+
+def test_topaz_names_with_spaces_stay_whole(tmp_path):
+    """Topaz files are tab-separated: a micrograph name with a space keeps its picks (issue seen with EPU names)."""
+    from datasets.io.coordinates import make_particles, read_topaz_txt, write_topaz_txt
+    table = {"grid 1 square 2": make_particles([10.0, 20.0], [30.0, 40.0], score=[1.5, 0.5]),
+             "plain": make_particles([5.0], [6.0], score=[2.0])}
+    write_topaz_txt(tmp_path / "picks.txt", table)
+    back = read_topaz_txt(tmp_path / "picks.txt")
+    assert sorted(back) == ["grid 1 square 2", "plain"]
+    np.testing.assert_allclose(back["grid 1 square 2"][:, [0, 1, 3]], [[10, 30, 1.5], [20, 40, 0.5]])
+    (tmp_path / "hand.txt").write_text("image_name x_coord y_coord\nmic_a 1 2\nmic_a   3   4\n")
+    np.testing.assert_allclose(read_topaz_txt(tmp_path / "hand.txt")["mic_a"][:, :2], [[1, 2], [3, 4]])

@@ -188,3 +188,15 @@ def test_blobs_centred_off_the_micrograph_add_nothing():
     assert not canvas.any()
     _sphere_thickness(canvas, -5.0, 32.0, 10.0)    # half on it
     assert canvas[:, :6].any() and not canvas[:, 6:].any()
+
+
+def test_a_crafted_dataset_json_deletes_nothing_outside_the_folder(tmp_path, capsys):
+    out, victim = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    victim.write_text("keep me")
+    (out / "dataset.json").write_text(json.dumps({"micrographs": [
+        {"split": "train", "file_name": "../../precious.txt", "stem": "x"}]}))
+    with pytest.raises(SystemExit) as exit_info:
+        make_synthetic_dataset.main(["--out", str(out), "--num-train", "1", "--num-val", "0", "--num-test", "0"])
+    assert exit_info.value.code == 2 and victim.read_text() == "keep me"
+    assert "outside the dataset's own folders" in capsys.readouterr().err
