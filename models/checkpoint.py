@@ -35,6 +35,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a forbidden object, just bytes that are no pickle
+            raise InputError(f"checkpoint {path} cannot be read (not a PyTorch file); use a best.pt/last.pt "
+                             f"written by the training scripts") from exc
         raise InputError(f"checkpoint {path} holds objects other than tensors and plain values, so it was not "
                          f"loaded (loading it could run code); use a best.pt/last.pt written by this repo") from exc
     except Exception as exc:  # a damaged or foreign file can break the unpickler anywhere

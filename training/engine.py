@@ -526,18 +526,19 @@ def fit(config, run_dir, facts, prior, device_name=None, num_workers=0):
 
 
 def _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers):
+    resuming = (run_dir / "last.pt").exists()
+    if rank == 0 and not resuming and config["data"]["verify_checksums"]:
+        checked, unchecked = verify_checksums(config["data"]["data_dir"])
+        print(f"{checked} chunk(s) match their checksums" + (f"; {unchecked} written without one" if unchecked else ""))
     run = build_run(config, run_dir, device, facts, prior, rank, world_size, num_workers)
     run.progress = new_progress()
     start_epoch, skip = 0, 0
     for stale in run_dir.glob("*.tmp"):  # a save a kill interrupted (we hold the lock: nobody writes them)
         stale.unlink()
-    if (run_dir / "last.pt").exists():
+    if resuming:
         start_epoch, skip = restore_state(run, run_dir / "last.pt")
         if run.main:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {run.progress['step']}")
-    elif run.main and config["data"]["verify_checksums"]:
-        checked, unchecked = verify_checksums(config["data"]["data_dir"])
-        print(f"{checked} chunk(s) match their checksums" + (f"; {unchecked} written without one" if unchecked else ""))
     if run.main:
         save_config(config, run_dir / "config.yaml")
         run.writer = SummaryWriter(str(run_dir), purge_step=run.progress["step"] or None)

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.files import file_sha256
+from common.files import file_crc32
 from datasets.chunks.format import (CHUNK_DTYPES, LABEL_POSITIVE, METADATA, chunk_dir_list, metadata_field,
                                     read_metadata)
 
@@ -74,8 +74,7 @@ def open_chunk_dirs(dirs, split):
         for entry in metadata_field(metadata, meta_path, "splits").get(split, {}).get("chunks", []):
             path = chunk_dir / entry["file"]
             if not path.is_file():
-                raise InputError(f"{path}: listed in {meta_path} but missing; restore it or rerun the "
-                                 f"preprocessing command with --no-resume")
+                raise missing_chunk(path)
             paths.append(path)
             counts.append(int(entry["count"]))
     if len(set(patch_sizes.values())) > 1:
@@ -88,16 +87,23 @@ def open_chunk_dirs(dirs, split):
     return ChunkIndex(tuple(dirs), split, tuple(paths), tuple(counts), patch_sizes[dirs[0]])
 
 
+def missing_chunk(path):
+    return InputError(f"{path}: listed in {path.parent / METADATA} but missing; restore it or rerun the "
+                      f"preprocessing command with --no-resume")
+
+
 def verify_checksums(dirs):
-    """Check every chunk of the chunk dirs against the sha256 its metadata.json recorded while writing.
+    """Check every chunk of the chunk dirs against the CRC-32 its metadata.json recorded while writing.
 
     A chunk that was damaged, truncated or replaced (another run writing the same folder, a bad disk)
     is a one-line InputError naming it. Chunks written before checksums were recorded are not checked;
     returns (chunks checked, chunks without a checksum)."""
-    listed = [(Path(d) / entry["file"], entry.get("sha256")) for d in chunk_dir_list(dirs)
+    listed = [(Path(d) / entry["file"], entry.get("crc32")) for d in chunk_dir_list(dirs)
               for split in read_metadata(d)["splits"].values() for entry in split["chunks"]]
     for path, expected in tqdm(listed, desc="verifying chunk checksums", unit="chunk", leave=False):
-        if expected is not None and file_sha256(path) != expected:
+        if not path.is_file():
+            raise missing_chunk(path)
+        if expected is not None and file_crc32(path) != expected:
             raise InputError(f"{path} does not match the checksum its metadata.json recorded (damaged or replaced); "
                              f"rerun the preprocessing command with --no-resume, or set data.verify_checksums false")
     missing = sum(expected is None for _, expected in listed)

@@ -6,6 +6,7 @@ samples become `{split}_chunk_{k:04d}.pt`, written to `<name>.tmp` and moved int
 of it already written). A resumed run regenerates the micrograph under the cursor (its RNG is seeded by
 its index), skips what was written, and so produces byte-identical chunks to an uninterrupted run.
 """
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from common.config import diff_keys
 from common.errors import InputError
-from common.files import LOCK_FILE, atomic_path, atomic_write_json, file_sha256
+from common.files import LOCK_FILE, atomic_path, atomic_write_json, file_crc32
 from datasets.chunks.format import (CHUNK_DTYPES, METADATA, SAMPLE_TYPE_NAMES, SAMPLE_TYPES, SCHEMA_VERSION,
                                     chunk_name, load_metadata)
 from datasets.io.layout import SPLITS
@@ -79,7 +80,12 @@ def prepare_output_dir(output_dir, tool, config, facts, resume):
 
 
 class ChunkStore:
-    """Owns an output dir: the metadata, the chunk files and the per-split cursor."""
+    """Owns an output dir: the metadata, the chunk files and the per-split cursor.
+
+    Each chunk's CRC-32 is computed from the file just written, in a background thread, so it costs
+    nothing where a core is free; it enters metadata.json with the first save after it is ready, and
+    `save(wait=True)` (the run's last) waits for all. A resumed run checksums chunks a kill left without one.
+    """
 
     def __init__(self, output_dir, tool, config, facts, micrographs, metadata=None):
         self.output_dir = Path(output_dir)
@@ -88,13 +94,26 @@ class ChunkStore:
             "schema_version": SCHEMA_VERSION, "tool": tool, "complete": False, "config": config,
             "facts": facts.to_dict(), "micrographs": micrographs, "splits": {}, "priors": {},
             "resume": {"micrographs_done": 0}, "skipped_micrographs": []}
+        self.hasher, self.pending = ThreadPoolExecutor(max_workers=1), []
+        for state in self.metadata["splits"].values():
+            for entry in state["chunks"]:
+                if entry.get("crc32") is None:
+                    self._checksum(entry)
+
+    def _checksum(self, entry):
+        entry["crc32"] = None
+        self.pending.append((entry, self.hasher.submit(file_crc32, self.output_dir / entry["file"])))
 
     def split_state(self, split):
         return self.metadata["splits"].setdefault(split, {
             "chunks": [], "counts": {name: 0 for name in SAMPLE_TYPES}, "count": 0,
             "cursor": {"position": 0, "offset": 0}, "complete": False})
 
-    def save(self):
+    def save(self, wait=False):
+        """Rewrite metadata.json with the checksums ready by now (all of them with `wait`)."""
+        for entry, checksum in [item for item in self.pending if wait or item[1].done()]:
+            entry["crc32"] = checksum.result()
+            self.pending.remove((entry, checksum))
         self.metadata["resume"]["micrographs_done"] = sum(
             1 for m in self.metadata["micrographs"] if m.get("status") in ("done", "skipped"))
         atomic_write_json(self.output_dir / METADATA, self.metadata)
@@ -108,10 +127,9 @@ class ChunkStore:
                    for key, dtype in CHUNK_DTYPES.items()}
         with _without_crc32(), atomic_path(path) as tmp:
             torch.save(tensors, tmp)
-            checksum = file_sha256(tmp)  # read back from the page cache it was just written to
         counts = {name: int(np.sum(samples["sample_type"] == code)) for code, name in SAMPLE_TYPE_NAMES.items()}
-        state["chunks"].append({"file": name, "count": int(len(samples["label"])), "counts": counts,
-                                "sha256": checksum})
+        state["chunks"].append({"file": name, "count": int(len(samples["label"])), "counts": counts})
+        self._checksum(state["chunks"][-1])  # read back from the page cache it was just written to
         state["count"] += int(len(samples["label"]))
         for key, value in counts.items():
             state["counts"][key] += value

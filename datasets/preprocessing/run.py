@@ -118,7 +118,7 @@ def _write_chunks(tool, config, records, sample_fn, *, facts, output_dir, resume
                          f"train micrographs, then rerun")
     store.metadata["priors"] = priors_fn(store.metadata)
     store.metadata["complete"] = True
-    store.save()
+    store.save(wait=True)
     return summarize(store.metadata, output_dir, start)
 
 

@@ -240,6 +240,9 @@ def test_incomplete_preprocessing_and_no_positives(chunks, tmp_path, capsys):
         data["label"][data["label"] == 1] = 0
         torch.save(data, chunk)
     err = _error(capsys, ["--data-dir", str(nopos), "--prior", "0.3", "--output-root", str(tmp_path), *FAST])
+    assert "train_chunk_0000.pt does not match the checksum" in err  # the rewritten chunks are caught first
+    err = _error(capsys, ["--data-dir", str(nopos), "--prior", "0.3", "--output-root", str(tmp_path), *FAST,
+                          "data.verify_checksums=false"])
     assert "no labeled positives" in err
 
 
