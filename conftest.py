@@ -62,3 +62,20 @@ def world(tmp_path_factory):
     train_pu_fixed_full.main(world.train_args(world.root / "runs"))
     pick_particles.main(world.pick_args(world.root / "picks"))
     return world
+
+
+class RunsCode:
+    """Unpickling this calls a function of the file's choosing: here one that creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def write_malicious_checkpoint(path, marker):
+    """A file that looks like our checkpoint but would create `marker` if it were ever unpickled."""
+    import torch
+    torch.save({"format": "cryopu-checkpoint-v2", "payload": RunsCode(marker)}, path)
+    return path

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.io.coordinates import micrograph_stem, read_coordinates
 from common.errors import InputError, exit_on_input_error
+from common.files import atomic_write_json
+from datasets.io.coordinates import micrograph_stem, read_coordinates
 from picking.evaluate import precision_recall, save_pr_curve_png
 from picking.writers import MANIFEST
-from common.files import atomic_write_json
 
 FORMATS = {"star": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
 CURVE_POINTS = 1000

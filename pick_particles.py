@@ -38,16 +38,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.io.coordinates import micrograph_stem
 from common.errors import InputError, exit_on_input_error
 from common.files import file_sha256, folder_lock
+from datasets.geometry import to_scaled
+from datasets.io.coordinates import micrograph_stem
 from datasets.io.micrographs import list_micrographs
 from picking.overlay import save_overlay_png
-from datasets.geometry import to_scaled
 from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, load_picker, pick_prepared,
                            prepare_for_picking, scoring_method)
-from picking.writers import (FORMATS, check_own_folder, is_done, open_manifest, record, write_combined_coco,
-                             write_picks)
+from picking.writers import FORMATS, check_own_folder, is_done, open_manifest, record, write_combined_coco, write_picks
 
 DEFAULT_THRESHOLD = -6.0
 PICK_SETTINGS = ("checkpoint_sha256", "stride", "peak_rescore", "peak_symmetries", "min_distance_px", "threshold",

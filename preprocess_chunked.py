@@ -100,7 +100,8 @@ def run(config, args, shard):
           f"{facts.scale:.4f} (particles become {facts.particle_diameter_px * facts.scale:.1f} px), labels from "
           f"{report['label_source']}")
     return run_preprocessing(TOOL, stored, records, sampler, facts=facts,
-                             output_dir=shard_dir(data["output_dir"], shard), resume=not args.no_resume, num_workers=args.num_workers, strict=args.strict,
+                             output_dir=shard_dir(data["output_dir"], shard), resume=not args.no_resume,
+                             num_workers=args.num_workers, strict=args.strict,
                              priors_fn=make_priors_fn(pre, radius_px))
 
 

@@ -20,9 +20,9 @@ from time import perf_counter
 
 import torch
 
+from common.errors import exit_on_input_error
 from datasets.chunks.loader import MODES, CryoEMChunkedDataset, open_chunk_dirs
 from datasets.chunks.stream import ChunkStream
-from common.errors import exit_on_input_error
 
 
 def drop_page_cache(paths):

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 from datasets.io.layout import dataset_diameter, load_dataset
-from datasets.io.micrographs import read_micrograph
-from datasets.io.micrographs import prepare_micrograph
+from datasets.io.micrographs import prepare_micrograph, read_micrograph
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthetic.simulator import (SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species,
-                                save_micrograph)
+from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species, save_micrograph
 
 
 def get_args_parser():

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from bench.bench_loader import bench_loader_modes
+from common.config import resolve_config
 from datasets.augment import strong_augment, weak_augment
-from models import build_model
 from datasets.chunks.format import read_facts
 from datasets.prior import ClassPrior
+from models import build_model
 from models.input import network_input
 from training.cli import DEFAULT_CONFIG
 from training.engine import build_run, new_progress, train_step
-from common.config import resolve_config
 
 
 def timed(function, steps, device):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datasets.io.coordinates import read_coco
 from common.errors import InputError, exit_on_input_error
+from datasets.io.coordinates import read_coco
+from datasets.io.layout import SPLITS
 from datasets.io.micrographs import read_micrograph
 from picking.overlay import GREEN, overlay_image
-from datasets.io.layout import SPLITS
 from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ Prior alignment (when constructed with `prior`, as training does with `loss.alig
 distribution alignment as in ReMixMatch, with the PU prior as the target. The teacher's probabilities
 are re-weighted by Bayes' rule so that their running mean over considered samples equals pi:
 p' = p r / (p r + (1 - p) s), r = pi / m, s = (1 - pi) / (1 - m), m = a running mean of p (momentum
-`alignment_momentum`). Without it, most unlabeled patches are background, the confident pseudo labels are mostly negative, and the model can talk itself into calling
+`alignment_momentum`). Without it, most unlabeled patches are background, the confident pseudo labels
+are mostly negative, and the model can talk itself into calling
 every patch background (confirmation bias); aligned pseudo labels keep about pi of them positive.
 
 Every part is a detached 0-dim tensor (no host-device synchronisation); rates whose denominator is

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.io.coordinates import read_cryoppp_csv, write_box, write_coco, write_cryoppp_csv, write_star, \
-    write_topaz_txt
 from common.errors import InputError
 from common.files import LOCK_FILE, atomic_write_json
+from datasets.io.coordinates import (read_cryoppp_csv, write_box, write_coco, write_cryoppp_csv, write_star,
+                                     write_topaz_txt)
 
 PER_MICROGRAPH_FORMATS = ("star", "csv", "box", "txt")
 FORMATS = (*PER_MICROGRAPH_FORMATS, "coco")

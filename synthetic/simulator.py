@@ -45,8 +45,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 from threadpoolctl import threadpool_limits
 
-from datasets.io.coordinates import make_particles, write_coco, write_cryoppp_csv
 from common.errors import InputError
+from datasets.io.coordinates import make_particles, write_coco, write_cryoppp_csv
 from datasets.io.layout import SPLITS
 from datasets.io.micrographs import normalize_to_uint8
 

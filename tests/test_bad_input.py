@@ -14,18 +14,10 @@ import preprocess_chunked
 import preprocess_coco_full_dataset
 import train_pu_fixed_full
 from common.files import folder_lock
-from conftest import REPO
+from conftest import REPO, write_malicious_checkpoint
 
 COCO, SLIDING, TRAIN, PICK = (preprocess_coco_full_dataset.main, preprocess_chunked.main, train_pu_fixed_full.main,
                               pick_particles.main)
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def copy_chunks(world, tmp):
@@ -97,8 +89,7 @@ def with_file(folder, name):
 
 
 def malicious(tmp, name):
-    torch.save({"format": "cryopu-checkpoint-v2", "payload": RunsCode(tmp / "code_ran")}, tmp / name)
-    return tmp / name
+    return write_malicious_checkpoint(tmp / name, tmp / "code_ran")
 
 
 def config_file(tmp, text):

@@ -21,7 +21,7 @@ import preprocess_coco_full_dataset
 import train_pu_fixed_full
 from common import files
 from common.files import folder_lock
-from conftest import REPO
+from conftest import REPO, write_malicious_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -42,21 +42,11 @@ def refused(capsys, main, argv):
     return error
 
 
-class RunsCode:
-    """Unpickling this would call a function of the file's choosing: here one that creates a file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_a_malicious_last_pt_runs_nothing_and_is_refused(world, tmp_path, capsys):
     run = tmp_path / "runs" / "shared_model"
     run.mkdir(parents=True)
     marker = tmp_path / "code_ran"
-    torch.save({"format": "cryopu-checkpoint-v2", "payload": RunsCode(marker)}, run / "last.pt")
+    write_malicious_checkpoint(run / "last.pt", marker)
     error = refused(capsys, train_pu_fixed_full.main, world.train_args(tmp_path / "runs", "shared_model"))
     assert "last.pt" in error and "could run code" in error
     assert not marker.exists() and sorted(p.name for p in run.iterdir()) == [".lock", "last.pt"]

@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from common.errors import InputError
 from common.files import file_crc32
-from datasets.chunks.format import (CHUNK_DTYPES, LABEL_POSITIVE, METADATA, chunk_dir_list, metadata_field,
-                                    read_metadata)
+from datasets.chunks.format import CHUNK_DTYPES, LABEL_POSITIVE, METADATA, chunk_dir_list, metadata_field, read_metadata
 
 MODES = ("memory", "mmap", "on_demand")
 BATCH_KEYS = ("patches", "label", "sample_type", "true_label")

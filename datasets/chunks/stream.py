@@ -11,8 +11,8 @@ import torch
 
 from common.errors import InputError
 from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
-from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows, seeded_generator,
-                                    load_chunk, use_pinned_memory, positives_per_batch)
+from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows, load_chunk,
+                                    positives_per_batch, seeded_generator, use_pinned_memory)
 
 
 class ChunkStream:

@@ -16,8 +16,8 @@ import torch
 from common.config import diff_keys
 from common.errors import InputError
 from common.files import LOCK_FILE, atomic_path, atomic_write_json, file_crc32
-from datasets.chunks.format import (CHUNK_DTYPES, METADATA, SAMPLE_TYPE_NAMES, SAMPLE_TYPES, SCHEMA_VERSION,
-                                    chunk_name, load_metadata)
+from datasets.chunks.format import (CHUNK_DTYPES, METADATA, SAMPLE_TYPE_NAMES, SAMPLE_TYPES, SCHEMA_VERSION, chunk_name,
+                                    load_metadata)
 from datasets.io.layout import SPLITS
 
 

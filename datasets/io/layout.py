@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.io.coordinates import read_coco, read_coordinates, read_cryoppp_csv
 from common.errors import InputError
+from datasets.io.coordinates import read_coco, read_coordinates, read_cryoppp_csv
 from datasets.io.micrographs import list_micrographs
 
 SPLITS = ("train", "val", "test")

@@ -4,7 +4,6 @@ from pathlib import Path
 from common.config import resolve_config
 from common.errors import InputError
 
-
 SHARED_FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations", "output_dir": "data.output_dir",
                     "patch_size": "preprocessing.patch_size", "target_diameter": "preprocessing.target_diameter",
                     "particle_diameter": "preprocessing.particle_diameter",

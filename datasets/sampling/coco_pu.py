@@ -6,8 +6,8 @@ a per-micrograph Generator; a dict of arrays in the chunk contract's terms.
 import numpy as np
 
 from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
-from datasets.sampling.windows import (BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABELED, near, samples_of,
-                                       with_patches)
+from datasets.sampling.windows import BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABELED, near, samples_of, with_patches
+
 
 def negative_candidates(height, width, particles_xy, *, size, spacing, min_distance):
     """Distinct grid positions whose patch fits the micrograph and which lie >= min_distance from every particle."""

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.io.coordinates import (
-    COLUMNS, drop_outside, make_particles, micrograph_stem, read_box, read_coco, read_coordinates,
-    read_cryoppp_csv, read_star, read_topaz_txt, write_box, write_coco, write_cryoppp_csv, write_star,
-    write_topaz_txt)
 from common.errors import InputError
 from conftest import SHARED_DATA
-from datasets.io.micrographs import (
-    list_micrographs, prepare_micrograph, normalize_to_uint8, read_micrograph, rescale)
+from datasets.io.coordinates import (COLUMNS, drop_outside, make_particles, micrograph_stem, read_box, read_coco,
+                                     read_coordinates, read_cryoppp_csv, read_star, read_topaz_txt, write_box,
+                                     write_coco, write_cryoppp_csv, write_star, write_topaz_txt)
+from datasets.io.micrographs import list_micrographs, normalize_to_uint8, prepare_micrograph, read_micrograph, rescale
 
 RELION_SAMPLE = SHARED_DATA / "relion_autopick_sample"
 

@@ -6,8 +6,8 @@ from torch import nn
 
 from common.errors import InputError
 from datasets.augment import cutout, gaussian_blur, strong_augment, weak_augment
-from models.input import NetworkInput, grey_levels_per_sigma, network_input, resize
 from models import BACKBONES, ModelEMA, build_model
+from models.input import NetworkInput, grey_levels_per_sigma, network_input, resize
 from models.resnet import single_channel_stem
 
 

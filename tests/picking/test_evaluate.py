@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import evaluate_picks
-from datasets.io.coordinates import read_coco, write_box, write_cryoppp_csv, write_star, write_topaz_txt
 from common.errors import InputError
+from datasets.io.coordinates import read_coco, write_box, write_cryoppp_csv, write_star, write_topaz_txt
 from picking.evaluate import match_picks, precision_recall, precision_recall_curve, save_pr_curve_png
 from picking.nms import nms_points, peak_picks
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pick_particles
+from conftest import write_malicious_checkpoint
 from datasets.chunks.format import PreprocessingFacts
 from datasets.geometry import to_scaled
 from datasets.io.coordinates import read_coco, read_coordinates
@@ -346,20 +347,10 @@ def test_not_our_checkpoint_is_a_one_line_error(content, synthetic, tmp_path, ca
     assert error.startswith("error:") and "model.pt" in error and "\n" not in error
 
 
-class RunsCode:
-    """Unpickling this calls a function of the loader's choosing: here one that writes a file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(synthetic, tmp_path, capsys):
     folder, _ = synthetic
     marker = tmp_path / "code_ran"
-    torch.save({"format": "cryopu-checkpoint-v2", "payload": RunsCode(marker)}, tmp_path / "model.pt")
+    write_malicious_checkpoint(tmp_path / "model.pt", marker)
     with pytest.raises(SystemExit) as exit_info:
         pick_cli(tmp_path / "model.pt", folder, tmp_path / "picks")
     assert exit_info.value.code == 2 and not marker.exists()

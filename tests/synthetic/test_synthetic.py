@@ -11,8 +11,8 @@ from scipy.optimize import brentq
 
 import make_synthetic_dataset
 from bench import bench_synthetic
-from datasets.io.coordinates import read_coco, read_cryoppp_csv
 from common.errors import InputError
+from datasets.io.coordinates import read_coco, read_cryoppp_csv
 from datasets.io.micrographs import read_micrograph
 from picking.overlay import save_overlay_png
 from synthetic.simulator import SyntheticConfig, validate, write_dataset
