@@ -37,9 +37,11 @@ class World:
     """`root/data` (synthetic micrographs), `root/chunks`, `root/runs/run` (trained) and `root/picks`."""
     root: Path
 
-    def preprocess_args(self, out, data=None):
+    def preprocess_args(self, out, data=None, research_split=True):
+        """Flags of either preprocessor; `research_split` adds the COCO PU tool's hiding protocol."""
+        split = ["--labels", "complete", "--hide-ratio", "0.3"] if research_split else []
         return ["--data-root", str(data or self.root / "data"), "--output-dir", str(out), "--patch-size", "64",
-                "--target-diameter", "32", "--chunk-size", "150"]
+                "--target-diameter", "32", "--chunk-size", "150", *split]
 
     def train_args(self, output_root, exp_name="run", data_dir=None, *extra):
         return ["--data-dir", str(data_dir or self.root / "chunks"), "--exp-name", exp_name, "--output-root",

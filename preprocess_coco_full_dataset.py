@@ -31,13 +31,14 @@ from datasets.io.layout import SPLITS, load_dataset
 from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, parse_shard,
                                           resolve_preprocessing_config, shard_dir)
 from datasets.preprocessing.run import preprocessing_facts, print_summary, run_preprocessing
-from datasets.prior import counted_prior
-from datasets.sampling.coco_pu import coco_pu_samples
+from datasets.prior import counted_prior, partial_labels_windows, positive_fraction, prior_record
+from datasets.sampling.coco_pu import LABEL_MODES, coco_pu_samples
 
 TOOL = "preprocess_coco_full_dataset"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "coco_pu_preprocessing.yaml"
 OFFCENTRE_LABELS = ("unlabeled", "known_negative")
-FLAG_KEYS = {**SHARED_FLAG_KEYS, "known_negatives": "data.known_negatives", "hide_ratio": "preprocessing.hide_ratio",
+FLAG_KEYS = {**SHARED_FLAG_KEYS, "known_negatives": "data.known_negatives", "labels": "preprocessing.labels",
+             "expected_particles": "preprocessing.expected_particles", "hide_ratio": "preprocessing.hide_ratio",
              "neg_per_pos": "preprocessing.neg_per_pos", "neg_min_distance": "preprocessing.neg_min_distance",
              "offcentre_per_pos": "preprocessing.offcentre_per_pos",
              "offcentre_distance": "preprocessing.offcentre_distance",
@@ -49,7 +50,12 @@ FLAG_KEYS = {**SHARED_FLAG_KEYS, "known_negatives": "data.known_negatives", "hid
 def get_args_parser():
     parser = add_preprocessing_flags(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), DEFAULT_CONFIG)
     parser.add_argument("--known-negatives", help="PUFP: rejected picks (file or folder, any format)")
-    parser.add_argument("--hide-ratio", type=float, help="fraction of train particles hidden as unlabeled")
+    parser.add_argument("--labels", choices=LABEL_MODES,
+                        help="partial (default: your labels are all there is, nothing is hidden, no truth is read) or "
+                             "complete (a research split: --hide-ratio of them hidden, pi counted)")
+    parser.add_argument("--expected-particles", type=float,
+                        help="particles per micrograph (labeled or not), for pi with --labels partial")
+    parser.add_argument("--hide-ratio", type=float, help="--labels complete: fraction of train particles hidden")
     parser.add_argument("--neg-per-pos", type=float, help="negatives per particle")
     parser.add_argument("--neg-min-distance", type=float, help="negatives at least this x diameter away")
     parser.add_argument("--offcentre-per-pos", type=float, help="off-centre negatives per particle (0 = none)")
@@ -71,6 +77,14 @@ def resolve(args):
     pre = config["preprocessing"]
     if not 0.0 <= pre["hide_ratio"] < 1.0:
         raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
+    if pre["labels"] not in LABEL_MODES:
+        raise InputError(f"preprocessing.labels {pre['labels']!r} is not one of {', '.join(LABEL_MODES)}")
+    if pre["labels"] == "partial" and pre["hide_ratio"]:
+        raise InputError(f"--hide-ratio {pre['hide_ratio']} hides labels you gave, but with --labels partial they "
+                         f"are all there is: drop --hide-ratio, or use --labels complete for a research split")
+    if pre["expected_particles"] is not None and pre["expected_particles"] <= 0:
+        raise InputError(f"--expected-particles {pre['expected_particles']} must be positive (particles per "
+                         f"micrograph, labeled or not)")
     if min(pre["neg_per_pos"], pre["neg_min_distance"], pre["offcentre_per_pos"], pre["random_per_pos"]) < 0:
         raise InputError("--neg-per-pos, --neg-min-distance, --offcentre-per-pos and --random-per-pos "
                          "must not be negative")
@@ -89,17 +103,27 @@ def resolve(args):
 
 
 def coco_priors(metadata):
-    """prior_unlabeled (pi for nnPU), positive_fraction, and the achieved negative ratio."""
-    counts = metadata["splits"]["train"]["counts"]
+    """prior_unlabeled (pi for nnPU) and how it was obtained, positive_fraction, the achieved negative ratio."""
+    pre, counts = metadata["config"], metadata["splits"]["train"]["counts"]
     done = [m for m in metadata["micrographs"] if m.get("split") == "train" and m.get("status") == "done"]
-    wanted = sum(m["negatives_wanted"] for m in done)
-    found = sum(m["negatives_found"] for m in done)
-    offcentre = sum(m["offcentre_found"] for m in done)
     particles = sum(m["n_particles"] for m in done)
-    return counted_prior(counts, neg_per_pos_requested=metadata["config"]["neg_per_pos"],
-                         neg_per_pos_achieved=found / particles if particles else 0.0,
-                         offcentre_per_pos_achieved=offcentre / particles if particles else 0.0,
-                         negatives_short=wanted - found)
+    achieved = {"neg_per_pos_requested": pre["neg_per_pos"],
+                "neg_per_pos_achieved": sum(m["negatives_found"] for m in done) / particles if particles else 0.0,
+                "offcentre_per_pos_achieved": sum(m["offcentre_found"] for m in done) / particles if particles else 0.0,
+                "negatives_short": sum(m["negatives_wanted"] - m["negatives_found"] for m in done)}
+    if pre["labels"] == "complete":
+        return counted_prior(counts, **achieved)
+    if pre["expected_particles"] is None:
+        return {"prior_unlabeled": None, "method": "unknown: pass --expected-particles",
+                "positive_fraction": positive_fraction(counts), **achieved}
+    below = [m["stem"] for m in done if m["n_labeled"] > pre["expected_particles"]]
+    if below:
+        warnings.warn(f"--expected-particles {pre['expected_particles']:g} is below the labeled count of "
+                      f"{len(below)} train micrograph(s) (e.g. {below[0]}); there they count as fully labeled")
+    diameter = metadata["facts"]["particle_diameter_px"] * metadata["facts"]["scale"]
+    positives, unlabeled = partial_labels_windows(done, pre["expected_particles"], diameter, pre["centre_radius"])
+    return prior_record("expected_particles", positives, unlabeled, positive_fraction=positive_fraction(counts),
+                        **achieved)
 
 
 def select_train(records, max_images):
@@ -113,13 +137,15 @@ def select_train(records, max_images):
 def run(config, args, shard):
     data, pre = config["data"], config["preprocessing"]
     records, report = load_dataset(data["data_root"], data["annotations"], pre["seed"], pre["split_fractions"],
-                                   known_negatives=data["known_negatives"])
+                                   known_negatives=data["known_negatives"], read_truth=pre["labels"] == "complete")
+    if report["truth_ignored"]:
+        print(f"labels partial: {Path(data['data_root']) / 'ground_truth'} is ignored (only the annotations are read)")
     records = select_train(records, pre["max_images_train"])
     facts = preprocessing_facts(pre, records)
     if shard is not None:
         records = [r for r in records if r.index % shard[1] == shard[0]]
     sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=facts.particle_diameter_px * facts.scale,
-                      hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
+                      labels=pre["labels"], hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
                       neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
                       offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"],
                       random_per_pos=pre["random_per_pos"], centre_radius=pre["centre_radius"])
@@ -142,8 +168,11 @@ def print_prior_summary(summary):
     train = summary["splits"].get("train", {})
     print(f"\nTrain micrographs: {summary['micrographs_per_split']['train']}")
     print(f"  Positive patches (labeled): {train.get('labeled_positive', 0):,}")
-    print(f"  Unlabeled patches: {train.get('hidden_positive', 0) + train.get('background', 0):,}")
-    print(f"  prior_unlabeled (pi for nnPU): {summary['priors']['prior_unlabeled']:.4f}")
+    unlabeled = sum(train.get(kind, 0) for kind in ("hidden_positive", "background", "unlabeled"))
+    print(f"  Unlabeled patches: {unlabeled:,}")
+    prior = summary["priors"]["prior_unlabeled"]
+    print("  prior_unlabeled (pi for nnPU): " + (f"{prior:.4f} ({summary['priors']['method']})" if prior is not None
+                                                  else "unknown: pass --expected-particles, or set loss.prior"))
     print(f"  positive_fraction (not pi; positives / all patches): {summary['priors']['positive_fraction']:.4f}")
 
 

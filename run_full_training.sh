@@ -7,9 +7,9 @@
 #
 # Options: --data-root DIR (CryoTransformer layout), --config YAML, --exp-name NAME, --chunks-dir DIR
 # (the preprocessing output, your big disk), --experiments-dir DIR (default experiments), --device cuda|cpu,
-# --num-workers N, --expected-particles N (picks kept per micrograph), --redo-preprocessing (start the chunks
-# over, e.g. after changing the data root or config); demo only: --synthetic-dir DIR
-# (default data/synthetic) and --synthetic-args "FLAGS" (passed to make_synthetic_dataset.py).
+# --num-workers N, --expected-particles N (particles per micrograph, labeled or not: sets pi on your data),
+# --redo-preprocessing (start the chunks over, e.g. after changing the data root or config); demo only:
+# --synthetic-dir DIR (default data/synthetic) and --synthetic-args "FLAGS" (to make_synthetic_dataset.py).
 # Every stage checks its own outputs: a rerun skips finished stages and resumes an interrupted one.
 # Logs: experiments/<exp-name>/logs/<stage>.log
 set -euo pipefail
@@ -38,11 +38,15 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+# The demo's labels are a research split (a third of them hidden again, pi counted); a user's own labels
+# are partial: all there is, nothing hidden, no truth read, pi from --expected-particles.
 DEMO=0
 if [[ -z "$DATA_ROOT" ]]; then
   DEMO=1; DATA_ROOT=$SYNTHETIC_DIR; CONFIG=${CONFIG:-configs/demo.yaml}; EXP_NAME=${EXP_NAME:-demo}
+  LABEL_FLAGS=(--labels complete --hide-ratio 0.3)
 else
   CONFIG=${CONFIG:-configs/pu_full_fixed.yaml}; EXP_NAME=${EXP_NAME:-$(basename "$DATA_ROOT")_pu}
+  LABEL_FLAGS=(--labels partial); [[ -n "$EXPECTED" ]] && LABEL_FLAGS+=(--expected-particles "$EXPECTED")
 fi
 CHUNKS_DIR=${CHUNKS_DIR:-data/chunks/${EXP_NAME}}
 RUN_DIR=${EXPERIMENTS}/${EXP_NAME}
@@ -74,7 +78,7 @@ fi
 # for a finished one, and refuses chunks made from another data root or config (--redo-preprocessing
 # starts them over)
 stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
-  --num-workers "$NUM_WORKERS" "${REDO_FLAG[@]}"
+  --num-workers "$NUM_WORKERS" "${LABEL_FLAGS[@]}" "${REDO_FLAG[@]}"
 
 # 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json
 if [[ -f "${RUN_DIR}/results.json" ]]; then skip train "${RUN_DIR}/results.json"
@@ -84,9 +88,8 @@ else
 fi
 
 # 3. picking on the test micrographs (a rerun skips micrographs already picked)
-PICK_EXTRA=(); [[ -n "$EXPECTED" ]] && PICK_EXTRA=(--expected-particles "$EXPECTED")
 stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micrographs "${DATA_ROOT}/test" \
-  --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}" "${PICK_EXTRA[@]}"
+  --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}"
 
 # 4. pick-level evaluation against every particle (ground_truth/ when the data has it)
 GROUND_TRUTH=${DATA_ROOT}/annotations/instances_test.json

@@ -1,7 +1,8 @@
 """The EMPIAR-10017 protocol end to end, ours beside Topaz: preprocess, train, pick, evaluate.
 
 Protocol (docs/design.md): 12 train / 3 val / 5 test micrographs; in each train micrograph a seeded (42)
-70% of the particles are labels (preprocess_coco_full_dataset.py --hide-ratio 0.3), the rest unlabeled;
+70% of the particles are labels (preprocess_coco_full_dataset.py --labels complete --hide-ratio 0.3), the
+rest unlabeled (the research protocol: the tool knows where the hidden particles are);
 picks are matched one-to-one within 0.5 x diameter (54 px) to every test particle.
 Ours: configs/cpu_benchmark.yaml (or --config), picking the 5 test micrographs with best.pt.
 Topaz (where `topaz` is installed): the same labels, GE-binomial, 4x binning, --pi from the expected
@@ -43,7 +44,7 @@ def sh(cmd, log):
 def prepare_chunks(args, out, log):
     """The PU split both pickers learn from (a rerun resumes, so finished chunks are kept)."""
     sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", args.data_root, "--output-dir",
-        out / "chunks", "--hide-ratio", "0.3", "--seed", "42", "--num-workers", "2",
+        out / "chunks", "--labels", "complete", "--hide-ratio", "0.3", "--seed", "42", "--num-workers", "2",
         *(["--set", *args.preprocess_set] if args.preprocess_set else [])], log)
 
 

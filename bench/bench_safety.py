@@ -31,7 +31,8 @@ from training.engine import build_run, new_progress, train_step
 
 
 def preprocessing_seconds(data_root, out, num_workers, checksums):
-    argv = ["--data-root", str(data_root), "--output-dir", str(out), "--num-workers", str(num_workers)]
+    argv = ["--data-root", str(data_root), "--output-dir", str(out), "--num-workers", str(num_workers),
+            "--labels", "complete", "--hide-ratio", "0.3"]
     started = time.perf_counter()
     with redirect_stdout(StringIO()), mock.patch.object(writer, "file_crc32", writer.file_crc32 if checksums
                                                         else (lambda path: "00000000")):

@@ -73,6 +73,30 @@ def expected_particles_windows(micrographs, expected, radius, stride):
     return positives, unlabeled
 
 
+def partial_labels_windows(micrographs, expected, diameter, centre_radius):
+    """(unlabeled windows that hold an unlabeled particle, unlabeled windows) of a partial-labels COCO
+    PU split, from `expected` particles per micrograph (like Topaz's -n).
+
+    A train micrograph with n_labeled labels has m = expected - n_labeled particles nobody labeled,
+    spread uniformly where particles can still be: its free area F, the pixels at least a diameter from
+    every labeled particle. A window then holds one within the radius r that makes it positive with
+    probability min(1, m pi r^2 / F') for windows inside that free area (the far negatives, r = diameter / 2,
+    the rule that marks them in a complete split: F' = F) and m pi r^2 / A for the random windows, drawn
+    over the whole area A (r = centre_radius x diameter). Windows known to be centred on a labeled
+    particle count as positives as they are.
+    """
+    positives = unlabeled = 0.0
+    for entry in micrographs:
+        if entry.get("split") != "train" or entry.get("status") != "done":
+            continue
+        missing = max(expected - entry["n_labeled"], 0.0)
+        far = min(1.0, missing * math.pi * (diameter / 2) ** 2 / max(entry["free_area_px"], 1.0))
+        near = min(1.0, missing * math.pi * (centre_radius * diameter) ** 2 / entry["area_px"])
+        positives += entry["unlabeled_known_positive"] + far * entry["unknown_far"] + near * entry["unknown_random"]
+        unlabeled += entry["unlabeled_known_positive"] + entry["unknown_far"] + entry["unknown_random"]
+    return positives, unlabeled
+
+
 def read_prior(chunk_dirs) -> ClassPrior:
     """π over one or more chunk dirs and how it was obtained; InputError unless 0 < π < 1."""
     dirs = chunk_dir_list(chunk_dirs)

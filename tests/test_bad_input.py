@@ -51,7 +51,7 @@ def coco(world, tmp, *extra, data=None):
 
 
 def sliding(world, tmp, *extra):
-    return SLIDING, world.preprocess_args(tmp / "out") + ["--stride", "32", *extra]
+    return SLIDING, world.preprocess_args(tmp / "out", research_split=False) + ["--stride", "32", *extra]
 
 
 def train(world, tmp, *extra, data_dir=None, exp="x"):
@@ -136,8 +136,8 @@ CASES = {
     "--hide-ratio outside [0, 1)": (lambda w, t: coco(w, t, "--hide-ratio", "1.5"), r"--hide-ratio 1.5 must be"),
     "output dir holds other files": (lambda w, t: coco(w, t, "--output-dir", str(with_file(t / "o", "notes.txt"))),
                                      r"did not write \(e.g. notes.txt\)"),
-    "output dir of the other preprocessor": (lambda w, t: (SLIDING, w.preprocess_args(w.root / "chunks") + [
-        "--stride", "32"]), r"holds chunks written by preprocess_coco_full_dataset"),
+    "output dir of the other preprocessor": (lambda w, t: (SLIDING, w.preprocess_args(
+        w.root / "chunks", research_split=False) + ["--stride", "32"]), r"holds chunks written by preprocess_coco"),
     "resume with another config": (lambda w, t: (COCO, w.preprocess_args(w.root / "chunks") + [
         "--hide-ratio", "0.5"]), r"written with a different config \(hide_ratio\).*--no-resume"),
     "output dir in use by another run": (lambda w, t: (COCO, w.preprocess_args(w.root / "chunks") + [

@@ -95,13 +95,17 @@ def find_micrographs(root, seed=42, split_fractions=(0.8, 0.1, 0.1)):
 
 
 def load_dataset(root, annotations=None, seed=42, split_fractions=(0.8, 0.1, 0.1),
-                 known_negatives=None):
-    """All micrographs of a dataset as MicrographRecords plus a report of what was found."""
+                 known_negatives=None, read_truth=True):
+    """All micrographs of a dataset as MicrographRecords plus a report of what was found.
+
+    `read_truth=False` (partial labels: the annotations are all a user has) never opens ground_truth/;
+    the report's `truth_ignored` says whether one was there."""
     root = Path(root)
     by_split, how = find_micrographs(root, seed, split_fractions)
     user_table = read_coordinates(annotations) if annotations else None
     rejected = read_coordinates(known_negatives) if known_negatives else {}
-    records, report = [], {"split_method": how, "label_source": {}, "missing_images": 0}
+    records, report = [], {"split_method": how, "label_source": {}, "missing_images": 0,
+                           "truth_ignored": not read_truth and (root / "ground_truth").is_dir()}
     for split in SPLITS:
         stems = [p.stem for p in by_split[split]]
         if user_table is not None:
@@ -110,7 +114,7 @@ def load_dataset(root, annotations=None, seed=42, split_fractions=(0.8, 0.1, 0.1
             table, source, missing = _split_labels(root, split, stems)
         report["label_source"][split] = source
         report["missing_images"] += missing
-        truth = _truth_table(root, stems)
+        truth = _truth_table(root, stems) if read_truth else None
         for path in by_split[split]:
             records.append(MicrographRecord(
                 index=len(records), path=str(path), stem=path.stem, split=split,

@@ -6,7 +6,10 @@ a per-micrograph Generator; a dict of arrays in the chunk contract's terms.
 import numpy as np
 
 from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
-from datasets.sampling.windows import BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABELED, near, samples_of, with_patches
+from datasets.sampling.windows import (BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABELED, UNLABELED, near, samples_of,
+                                       with_patches)
+
+LABEL_MODES = ("partial", "complete")
 
 
 def negative_candidates(height, width, particles_xy, *, size, spacing, min_distance):
@@ -49,22 +52,34 @@ def offcentre_negatives(particles_xy, rng, *, count, diameter, distance, height,
     return centres[:count]
 
 
+def free_area(height, width, particles_xy, diameter):
+    """Pixels of the micrograph at least one diameter from every particle of `particles_xy`: where other
+    particles can be (they do not overlap), measured on a grid a quarter diameter apart."""
+    step = max(1, int(round(diameter / 4)))
+    ys, xs = np.arange(step // 2, height, step), np.arange(step // 2, width, step)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
+    free = ~near(grid, particles_xy, diameter - 1e-9) if len(particles_xy) else np.ones(len(grid), bool)
+    return float(height * width * free.mean()) if len(grid) else 0.0
+
+
 def random_windows(rng, *, count, height, width):
     """`count` window centres (x, y) drawn uniformly over the micrograph, as Topaz samples its unlabeled pixels."""
     return np.stack([rng.integers(width, size=count), rng.integers(height, size=count)], axis=1)
 
 
-def _random_window_samples(rng, particles_xy, *, count, centre_radius, height, width, train):
+def _random_window_samples(rng, particles_xy, *, count, centre_radius, height, width, train, complete):
     """Windows anywhere on the micrograph: centred on a particle when one lies within `centre_radius` px.
 
-    Train: all are unlabeled (label 0); the centred ones are its positives (hidden_positive), the rest
-    background, which is what pi counts. Val/test: the centred ones are positives, the rest negatives.
+    Train: all are unlabeled (label 0); the centred ones are its positives (hidden_positive). With
+    complete labels the rest are background, which is what pi counts; with partial labels their truth
+    is unknown (`unlabeled`, true_label -1): an unlabeled particle may sit under any of them.
+    Val/test: the centred ones are positives, the rest negatives.
     """
     centres = random_windows(rng, count=count, height=height, width=width)
     centred = near(centres, particles_xy, centre_radius)
     label = np.full(count, LABEL_UNLABELED) if train else centred.astype(int)
-    sample_type = np.where(centred, HIDDEN if train else LABELED, BACKGROUND)
-    return samples_of(centres, label, sample_type, centred.astype(int))
+    sample_type = np.where(centred, HIDDEN if train else LABELED, BACKGROUND if complete else UNLABELED)
+    return samples_of(centres, label, sample_type, np.where(centred, 1, 0 if complete else -1))
 
 
 def _on_particle(centres, particles_xy, diameter):
@@ -72,14 +87,15 @@ def _on_particle(centres, particles_xy, diameter):
     return near(centres, particles_xy, diameter / 2) if particles_xy is not None else np.zeros(len(centres), bool)
 
 
-def _known_negatives(centres, truth_xy, diameter):
-    """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known)."""
+def _known_negatives(centres, truth_xy, diameter, complete=True):
+    """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known;
+    -1 with partial labels, where nobody knows)."""
     k = len(centres)
-    return samples_of(centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE),
-                    _on_particle(centres, truth_xy, diameter).astype(int))
+    true_label = _on_particle(centres, truth_xy, diameter).astype(int) if complete else np.full(k, -1)
+    return samples_of(centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE), true_label)
 
 
-def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter,
+def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter, labels,
                     hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance,
                     offcentre_label, random_per_pos, centre_radius, train):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
@@ -95,6 +111,11 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     (random_window_samples). Val/test: every particle is a positive, negatives by the same rules, labels
     true. `truth_xy` (all particles, when known) sets true_label, so a negative that lands on an
     unannotated particle is marked a hidden positive.
+
+    `labels="partial"` (a user's own labels, never complete): nothing is hidden (`hide_ratio` is 0),
+    `truth_xy` is None, and train samples whose truth nobody knows (far negatives, random windows off
+    the labeled particles) are `unlabeled` with true_label -1; pi then comes from the expected particle
+    count (datasets/prior.py), and the stats hold what that needs.
     """
     height, width = image.shape
     n = len(particles_xy)
@@ -117,16 +138,19 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     if not offcentre_known:
         negatives = np.concatenate([negatives, offcentre])
     n_negatives = len(negatives)
+    complete = labels == "complete" or not train
     on_particle = _on_particle(negatives, truth_xy, diameter)
     parts = [
         samples_of(centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
-                 np.ones(len(labeled))),
+                   np.ones(len(labeled))),
         samples_of(centres_hid, np.full(n_hide, LABEL_UNLABELED), np.full(n_hide, HIDDEN), np.ones(n_hide)),
-        samples_of(negatives, np.full(n_negatives, LABEL_UNLABELED), np.where(on_particle, HIDDEN, BACKGROUND),
-                 on_particle.astype(int)),
+        samples_of(negatives, np.full(n_negatives, LABEL_UNLABELED),
+                   np.where(on_particle, HIDDEN, BACKGROUND if complete else UNLABELED),
+                   on_particle.astype(int) if complete else np.full(n_negatives, -1)),
     ]
     if offcentre_known and len(offcentre):
-        parts.append(_known_negatives(offcentre, particles_xy if truth_xy is None else truth_xy, diameter))
+        truth_or_labels = particles_xy if truth_xy is None else truth_xy
+        parts.append(_known_negatives(offcentre, truth_or_labels, diameter, complete))
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
         parts.append(_known_negatives(centres_kn, None, diameter))
@@ -134,8 +158,14 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     if n_random:
         parts.append(_random_window_samples(rng, particles_xy if truth_xy is None else truth_xy,
                                             count=n_random, centre_radius=centre_radius * diameter,
-                                            height=height, width=width, train=train))
+                                            height=height, width=width, train=train, complete=complete))
+    samples = with_patches(image, parts, size)
+    unknown = samples["sample_type"] == UNLABELED
+    unknown_far = int(np.sum(unknown[:len(labeled) + n_hide + n_negatives]))
     stats = {"negatives_wanted": wanted, "negatives_found": int(take),
              "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide),
-             "random_windows": n_random}
-    return with_patches(image, parts, size), stats
+             "random_windows": n_random, "n_labeled": int(len(labeled)), "area_px": int(height * width),
+             "free_area_px": free_area(height, width, labeled, diameter),
+             "unlabeled_known_positive": int(np.sum(samples["sample_type"] == HIDDEN)),
+             "unknown_far": unknown_far, "unknown_random": int(np.sum(unknown)) - unknown_far}
+    return samples, stats

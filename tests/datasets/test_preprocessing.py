@@ -57,8 +57,9 @@ def make_tiny_dataset(root, n_train=4, n_val=1, n_test=1, seed=0, truth=False):
 
 
 def coco_args(root, out, *extra):
+    """The research split (30% of the annotations hidden, pi counted); partial-labels tests add --labels partial."""
     return ["--data-root", str(root), "--output-dir", str(out), "--patch-size", "32", "--target-diameter", "16",
-            "--chunk-size", "40", *extra]
+            "--chunk-size", "40", "--labels", "complete", "--hide-ratio", "0.3", *extra]
 
 
 def sliding_args(root, out, *extra):
@@ -528,7 +529,7 @@ def test_output_dir_guards_and_config_change(tiny, tmp_path, capsys):
 def test_both_preprocessors_on_empiar10017(empiar10017, tmp_path):
     out = tmp_path / "coco"
     summary = preprocess_coco_full_dataset.main(["--data-root", str(empiar10017), "--output-dir", str(out),
-                                                 "--num-workers", "2"])
+                                                 "--num-workers", "2", "--labels", "complete", "--hide-ratio", "0.3"])
     meta, test = load_split(out, "test")
     random_windows = {split: sum(m["random_windows"] for m in meta["micrographs"] if m["split"] == split)
                       for split in ("train", "test")}

@@ -30,7 +30,8 @@ def chunks(tmp_path_factory):
                                  "--width", "384", "--height", "384", "--diameter", "24", "--snr", "1.0",
                                  "--seed", "3"])
     out = root / "chunks"
-    preprocess_coco_full_dataset.main(["--data-root", str(root / "syn"), "--output-dir", str(out),
+    preprocess_coco_full_dataset.main(["--data-root", str(root / "syn"), "--output-dir", str(out), "--labels",
+                                       "complete", "--hide-ratio", "0.3",
                                        "--patch-size", "64", "--target-diameter", "32"])
     return out
 
@@ -162,7 +163,16 @@ def test_cosine_schedule_ends_at_the_time_budget():
     assert schedule.get_last_lr()[0] == pytest.approx(0.0)
 
 
-def test_time_budget_stops_the_run_with_the_learning_rate_annealed(chunks, tmp_path):
+def test_time_budget_stops_the_run_with_the_learning_rate_annealed(chunks, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from training import engine
+    clock = {"now": 0.0}
+
+    def tick():  # the training loop's clock advances 20 ms per reading, however fast or loaded the machine is
+        clock["now"] += 0.02
+        return clock["now"]
+    monkeypatch.setattr(engine, "time", SimpleNamespace(time=tick))
     results = train(chunks, tmp_path, "training.max_minutes=0.005", name="budget", epochs=50)
     assert results["stopped"].startswith("time budget of 0.005 min reached")
     records = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,91 @@
+"""--labels partial: a user's annotations are all there is. Nothing is hidden, no truth is read, and pi
+comes from the expected particle count; checked against the pi that the truth counts on synthetic data."""
+import json
+
+import numpy as np
+import pytest
+
+import make_synthetic_dataset
+import preprocess_coco_full_dataset
+import train_pu_fixed_full
+from datasets.io.coordinates import read_cryoppp_csv
+
+SYNTHETIC = ["--num-train", "4", "--num-val", "1", "--num-test", "1", "--width", "512", "--height", "512",
+             "--diameter", "32", "--density", "0.2", "--label-fraction", "0.6", "--seed", "8"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("partial") / "data"
+    make_synthetic_dataset.main(["--out", str(root), *SYNTHETIC])
+    return root
+
+
+def preprocess(data, out, *extra):
+    return preprocess_coco_full_dataset.main(["--data-root", str(data), "--output-dir", str(out), "--patch-size",
+                                              "64", "--target-diameter", "32", "--chunk-size", "300", *extra])
+
+
+def chunk_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.pt"))}
+
+
+def mean_particles(data, split="train"):
+    counts = [len(read_cryoppp_csv(p, micrograph=p.stem)[p.stem]) for p in sorted((data / "ground_truth").glob(
+        f"*{split}_*.csv"))]
+    return float(np.mean(counts))
+
+
+def test_partial_mode_reads_no_truth_and_hides_nothing(data, tmp_path, capsys):
+    with_truth = preprocess(data, tmp_path / "a", "--expected-particles", "40")
+    assert "ground_truth is ignored" in capsys.readouterr().out
+    wrong = tmp_path / "copy"
+    for path in data.rglob("*"):  # the same data with a deliberately wrong ground_truth/
+        target = wrong / path.relative_to(data)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.parent.name == "ground_truth":
+            target.write_text("X-Coordinate,Y-Coordinate,Diameter\n5,5,32\n")
+        else:
+            target.write_bytes(path.read_bytes())
+    preprocess(wrong, tmp_path / "b", "--expected-particles", "40")
+    assert chunk_bytes(tmp_path / "a") == chunk_bytes(tmp_path / "b")
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["config"]["labels"] == "partial" and meta["priors"]["method"] == "expected_particles"
+    train = with_truth["splits"]["train"]
+    assert train["background"] == 0 and train["unlabeled"] > 0  # truth-free: nobody knows what they hold
+    labeled = sum(len(read_cryoppp_csv(p, micrograph=p.stem)[p.stem])
+                  for p in (data / "particle_coordinates").glob("*train_*.csv"))
+    assert train["labeled_positive"] == labeled  # every annotation is a labeled positive
+
+
+def test_expected_particles_prior_is_within_a_quarter_of_the_counted_one(data, tmp_path):
+    """The truth-counted pi of the very same unlabeled set comes from --labels complete --hide-ratio 0 with
+    ground_truth/ read: same seed, same draws, same windows, but each judged by the truth."""
+    counted = preprocess(data, tmp_path / "truth", "--labels", "complete")["priors"]["prior_unlabeled"]
+    estimate = preprocess(data, tmp_path / "user", "--expected-particles", str(mean_particles(data)))
+    assert chunk_bytes(tmp_path / "truth").keys() == chunk_bytes(tmp_path / "user").keys()
+    assert estimate["priors"]["prior_unlabeled"] == pytest.approx(counted, rel=0.25)
+
+
+def test_expected_particles_bad_values(data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess(data, tmp_path / "o", "--expected-particles", "0")
+    assert exit_info.value.code == 2 and "--expected-particles 0.0 must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preprocess(data, tmp_path / "o", "--hide-ratio", "0.3")
+    assert "with --labels partial they are all there is" in capsys.readouterr().err
+    below = r"below the labeled count of \d+ train micrograph\(s\) \(e.g. synthetic_train_"
+    with pytest.warns(UserWarning, match=below):
+        summary = preprocess(data, tmp_path / "low", "--expected-particles", "2")
+    assert 0 <= summary["priors"]["prior_unlabeled"] < 0.2
+
+
+def test_partial_labels_without_a_count_leave_pi_to_the_user(data, tmp_path, capsys):
+    preprocess(data, tmp_path / "chunks")
+    with pytest.raises(SystemExit) as exit_info:
+        train_pu_fixed_full.main(["--data-dir", str(tmp_path / "chunks"), "--use-data-prior", "--output-root",
+                                  str(tmp_path / "runs"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no usable prior" in error and "loss.prior" in error and "--expected-particles" in error
