@@ -15,7 +15,7 @@ n_picks, the radius, a per-micrograph table and the curve, at most 1000 points) 
 beside it.
 
     python evaluate_picks.py --picks runs/picks --ground-truth data/empiar10017/annotations/instances_test.json \\
-        --output runs/picks/evaluation/summary.json
+        --output runs/pick_eval/summary.json       # beside the picks folder: picking owns that one
 """
 import argparse
 import json

@@ -237,7 +237,8 @@ def pick_all(args, picker, settings, manifest, paths) -> dict:
     if "coco" in settings["formats"]:
         write_combined_coco(output_dir, manifest)
     if todo and not counts["picked"]:
-        first = next(e for e in manifest["micrographs"] if e["status"] == "failed")
+        tried = {micrograph_stem(p) for p in todo}
+        first = next(e for e in manifest["micrographs"] if e["status"] == "failed" and e["stem"] in tried)
         raise InputError(f"none of the {len(todo)} micrographs could be picked (e.g. {first['reason']})")
     return {"output_dir": str(output_dir), "micrographs": len(paths), "skipped": len(paths) - len(todo),
             **counts, "seconds": seconds,

@@ -32,20 +32,21 @@ def load_yaml(path):
     return data
 
 
-def merge_checked(base, update, source, prefix=""):
-    """Return `base` updated with `update`; keys absent from `base` raise an InputError."""
-    merged = copy.deepcopy(base)
+def merge_checked(base, update, source, prefix="", defaults=None):
+    """Return `base` updated with `update`; keys absent from `base` raise an InputError, and each value
+    must have the type of the key in `defaults` (the defaults YAML; `base` itself when not given)."""
+    merged, defaults = copy.deepcopy(base), base if defaults is None else defaults
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in merged:
             known = ", ".join(sorted(f"{prefix}{k}" for k in merged))
             raise InputError(f"unknown config key '{dotted}' in {source}; known keys here: {known}")
         if isinstance(merged[key], dict) and isinstance(value, dict):
-            merged[key] = merge_checked(merged[key], value, source, prefix=f"{dotted}.")
+            merged[key] = merge_checked(merged[key], value, source, f"{dotted}.", defaults[key])
         elif isinstance(merged[key], dict):
             raise InputError(f"config key '{dotted}' in {source} is a section; give it a mapping")
         else:
-            merged[key] = checked_value(dotted, merged[key], value, source)
+            merged[key] = checked_value(dotted, defaults[key], value, source)
     return merged
 
 
@@ -110,15 +111,15 @@ def set_dotted(nested, dotted, value):
 
 def resolve_config(defaults_path, user_path=None, flag_values=None, overrides=None):
     """defaults YAML <- user YAML <- named CLI flags (dotted keys, None = not given) <- --set items."""
-    config = load_yaml(defaults_path)
+    config = defaults = load_yaml(defaults_path)
     if user_path is not None and Path(user_path).resolve() != Path(defaults_path).resolve():
-        config = merge_checked(config, load_yaml(user_path), str(user_path))
+        config = merge_checked(config, load_yaml(user_path), str(user_path), defaults=defaults)
     flags = {}
     for dotted, value in (flag_values or {}).items():
         if value is not None:
             set_dotted(flags, dotted, value)
-    config = merge_checked(config, flags, "command-line flags")
-    return merge_checked(config, parse_overrides(overrides), "--set overrides")
+    config = merge_checked(config, flags, "command-line flags", defaults=defaults)
+    return merge_checked(config, parse_overrides(overrides), "--set overrides", defaults=defaults)
 
 
 def save_config(config, path):

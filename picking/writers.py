@@ -82,7 +82,8 @@ def open_manifest(output_dir, checkpoint, settings: dict, compared) -> dict:
         previous = {"checkpoint": manifest["checkpoint"], **manifest["settings"]}
         manifest["micrographs"] = list(manifest["micrographs"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"cannot read {path} ({error}); delete it to pick every micrograph again") from error
+        raise InputError(f"cannot read {path} ({error}); delete the folder {output_dir} (or choose another "
+                         f"--output-dir) to pick every micrograph again") from error
     current = {"checkpoint": str(checkpoint), **settings}
     differing = [key for key in ("checkpoint", *compared) if previous.get(key) != current[key]]
     if differing:

@@ -175,3 +175,13 @@ def test_a_full_disk_or_a_read_only_folder_is_one_line_wherever_it_strikes(world
         error = refused(capsys, main, argv)
         assert message in error and first_file in error, error
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_refused_second_trainer_leaves_the_first_ones_fresh_run_folder_alone(world, tmp_path, capsys):
+    """The first trainer may still be checking checksums, its run folder holding only the lock: the
+    refused second one must not tidy that folder (and the lock) away."""
+    run = tmp_path / "runs" / "fresh"
+    with folder_lock(run, "the first trainer"):
+        error = refused(capsys, train_pu_fixed_full.main, world.train_args(tmp_path / "runs", "fresh"))
+        assert "is being written by the first trainer" in error
+        assert (run / ".lock").is_file()

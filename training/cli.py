@@ -5,7 +5,6 @@ from pathlib import Path
 
 from common.config import resolve_config
 from common.errors import InputError, exit_on_input_error
-from common.files import LOCK_FILE
 from datasets.chunks.format import read_facts
 from datasets.prior import ClassPrior, read_prior
 from training.engine import fit
@@ -48,23 +47,12 @@ def prepare(args, flags):
     return config, Path(args.output_root) / (args.exp_name or Path(args.config).stem), facts, prior
 
 
-def remove_if_unused(run_dir):
-    """Remove a run dir that a failed start left holding nothing but its lock file."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
-        (run_dir / LOCK_FILE).unlink(missing_ok=True)
-        run_dir.rmdir()
-
-
 def run_training(args, flags):
     with exit_on_input_error():
         config, run_dir, facts, prior = prepare(args, flags)
         about_prior = f"prior pi = {prior.value:.4f} ({prior.source})" if prior else "no prior (PN baseline)"
         print(f"run dir {run_dir}; {about_prior}")
-        try:
-            results = fit(config, run_dir, facts, prior, args.device, args.num_workers)
-        except InputError:
-            remove_if_unused(run_dir)
-            raise
+        results = fit(config, run_dir, facts, prior, args.device, args.num_workers)
     if results is not None:
         print_results(results, run_dir)
     return results

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from common.config import diff_keys, save_config
 from common.errors import InputError
-from common.files import atomic_write_json, atomic_write_text, folder_lock, git_sha
+from common.files import LOCK_FILE, atomic_write_json, atomic_write_text, folder_lock, git_sha
 from datasets.augment import strong_augment, weak_augment
 from datasets.chunks.format import PreprocessingFacts
 from datasets.chunks.loader import verify_checksums
@@ -519,22 +519,38 @@ def fit(config, run_dir, facts, prior, device_name=None, num_workers=0):
     rank, world_size, device = setup_distributed(device_name)
     try:
         with folder_lock(run_dir, "training") if rank == 0 else nullcontext():
-            return _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers)
+            try:
+                return _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers)
+            except InputError:
+                if rank == 0:  # while the lock is ours: a failed start leaves no empty run folder behind
+                    remove_if_unused(run_dir)
+                raise
     finally:
         if world_size > 1:
             dist.destroy_process_group()
 
 
+def remove_if_unused(run_dir):
+    """Remove a run dir that holds nothing but its lock file (a run that failed before writing anything)."""
+    if {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
+        (run_dir / LOCK_FILE).unlink()
+        run_dir.rmdir()
+
+
 def _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers):
     resuming = (run_dir / "last.pt").exists()
-    if rank == 0 and not resuming and config["data"]["verify_checksums"]:
-        checked, unchecked = verify_checksums(config["data"]["data_dir"])
-        print(f"{checked} chunk(s) match their checksums" + (f"; {unchecked} written without one" if unchecked else ""))
+    if not resuming and config["data"]["verify_checksums"]:  # each rank its share, so all finish together
+        checked, unchecked = verify_checksums(config["data"]["data_dir"], rank, world_size)
+        if rank == 0:
+            share = f" (rank 0's share of {world_size})" if world_size > 1 else ""
+            print(f"{checked} chunk(s) match their checksums{share}"
+                  + (f"; {unchecked} written without one" if unchecked else ""))
     run = build_run(config, run_dir, device, facts, prior, rank, world_size, num_workers)
     run.progress = new_progress()
     start_epoch, skip = 0, 0
-    for stale in run_dir.glob("*.tmp"):  # a save a kill interrupted (we hold the lock: nobody writes them)
-        stale.unlink()
+    if rank == 0:
+        for stale in run_dir.glob("*.tmp"):  # a save a kill interrupted (rank 0 holds the lock: nobody writes them)
+            stale.unlink(missing_ok=True)
     if resuming:
         start_epoch, skip = restore_state(run, run_dir / "last.pt")
         if run.main:

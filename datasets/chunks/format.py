@@ -67,8 +67,8 @@ def load_metadata(path):
     try:
         metadata = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is unreadable or corrupt ({exc}); rerun the preprocessing command with "
-                         f"--no-resume to start over") from exc
+        raise InputError(f"{path} is unreadable or corrupt ({exc}); delete the folder {path.parent} (or choose "
+                         f"another --output-dir) and preprocess again") from exc
     if not isinstance(metadata, dict):
         raise InputError(f"{path} is not a preprocessing metadata file; rerun the preprocessing command")
     return _upgraded(metadata) if metadata.get("schema_version") == 1 else metadata

@@ -91,14 +91,15 @@ def missing_chunk(path):
                       f"preprocessing command with --no-resume")
 
 
-def verify_checksums(dirs):
-    """Check every chunk of the chunk dirs against the CRC-32 its metadata.json recorded while writing.
+def verify_checksums(dirs, rank=0, world_size=1):
+    """Check the chunks of the chunk dirs against the CRC-32 their metadata.json recorded while writing:
+    every `world_size`-th chunk from `rank` on, so DDP ranks share the reading.
 
     A chunk that was damaged, truncated or replaced (another run writing the same folder, a bad disk)
     is a one-line InputError naming it. Chunks written before checksums were recorded are not checked;
     returns (chunks checked, chunks without a checksum)."""
     listed = [(Path(d) / entry["file"], entry.get("crc32")) for d in chunk_dir_list(dirs)
-              for split in read_metadata(d)["splits"].values() for entry in split["chunks"]]
+              for split in read_metadata(d)["splits"].values() for entry in split["chunks"]][rank::world_size]
     for path, expected in tqdm(listed, desc="verifying chunk checksums", unit="chunk", leave=False):
         if not path.is_file():
             raise missing_chunk(path)

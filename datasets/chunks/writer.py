@@ -37,6 +37,9 @@ def _without_crc32():
         torch.serialization.set_crc32_options(previous)
 
 
+PRIOR_ONLY_KEYS = ("expected_particles",)  # settings that change pi but no patch: a resume takes them as given
+
+
 def own_files(metadata):
     """The names a preprocessing tool may delete or overwrite in its output dir: the files its metadata
     lists, the next chunk of each split (written, or being written, when a run was killed), their
@@ -52,7 +55,8 @@ def prepare_output_dir(output_dir, tool, config, facts, resume):
     """Load the metadata to resume from (or None to start fresh), refusing anything unsafe.
 
     Refuses: a dir holding another tool's chunks or files this tool did not write (`own_files`);
-    resuming with a config or preprocessing facts that differ (names the keys). `resume=False`
+    resuming with a config or preprocessing facts that differ (names the keys; a setting that only
+    changes pi, `PRIOR_ONLY_KEYS`, is taken as given and pi recomputed). `resume=False`
     deletes only this tool's own files. Leftover temporary files of a killed run are removed.
     """
     output_dir = Path(output_dir)
@@ -72,7 +76,8 @@ def prepare_output_dir(output_dir, tool, config, facts, resume):
     if not resume:
         return None
     if metadata is not None:
-        differing = diff_keys({**metadata["config"], **metadata.get("facts", {})}, {**config, **facts.to_dict()})
+        differing = [key for key in diff_keys({**metadata["config"], **metadata.get("facts", {})},
+                                              {**config, **facts.to_dict()}) if key not in PRIOR_ONLY_KEYS]
         if differing:
             raise InputError(f"{output_dir} was written with a different config ({', '.join(differing)}); "
                              f"use --no-resume to overwrite it or another --output-dir")

@@ -15,8 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.files import bytes_on_disk, folder_lock, human_bytes, peak_rss_mb
-from datasets.chunks.format import PreprocessingFacts
+from common.files import atomic_write_json, bytes_on_disk, folder_lock, human_bytes, peak_rss_mb
+from datasets.chunks.format import METADATA, PreprocessingFacts
 from datasets.chunks.writer import ChunkStore, SplitStream, prepare_output_dir
 from datasets.geometry import to_original, to_scaled
 from datasets.io.coordinates import drop_outside
@@ -89,6 +89,11 @@ def _write_chunks(tool, config, records, sample_fn, *, facts, output_dir, resume
     if metadata is not None and [m["path"] for m in metadata["micrographs"]] != [t["path"] for t in table]:
         raise InputError(f"the micrographs found now differ from those {output_dir} was started with; "
                          f"use --no-resume to start over or another --output-dir")
+    if metadata is not None and metadata["config"] != config:  # only settings of pi differ: recompute it
+        metadata["config"] = config
+        if metadata.get("complete"):
+            metadata["priors"] = priors_fn(metadata)
+            atomic_write_json(Path(output_dir) / METADATA, metadata)
     if metadata is not None and metadata.get("complete"):
         return summarize(metadata, output_dir, start, already_complete=True)
     store = ChunkStore(output_dir, tool, config, facts, table, metadata)

@@ -51,3 +51,12 @@ def test_wrong_type_in_a_yaml_file_names_the_file(defaults, tmp_path):
     user.write_text("training: {epochs: many}\n")
     with pytest.raises(InputError, match=r"'training.epochs' in .*mine.yaml must be a whole number"):
         resolve_config(defaults, user)
+
+
+def test_types_come_from_the_defaults_not_from_an_earlier_layer(defaults, tmp_path):
+    """A user YAML that sets a null-default key leaves it nullable, and one that sets a whole number where
+    the default is a float leaves floats allowed (e.g. --config cpu_benchmark.yaml --set model.average_from=null)."""
+    user = tmp_path / "user.yaml"
+    user.write_text("data: {input_size: 64}\nloss: {prior: 1}\n")
+    config = resolve_config(defaults, user, overrides=["data.input_size=null", "loss.prior=0.25"])
+    assert config["data"]["input_size"] is None and config["loss"]["prior"] == 0.25

@@ -89,3 +89,14 @@ def test_partial_labels_without_a_count_leave_pi_to_the_user(data, tmp_path, cap
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no usable prior" in error and "loss.prior" in error and "--expected-particles" in error
+
+
+def test_a_count_given_later_recomputes_pi_without_redoing_the_chunks(data, tmp_path):
+    out = tmp_path / "chunks"
+    first = preprocess(data, out)
+    assert first["priors"]["prior_unlabeled"] is None
+    before = chunk_bytes(out)
+    again = preprocess(data, out, "--expected-particles", str(mean_particles(data)))
+    assert again["already_complete"] and 0 < again["priors"]["prior_unlabeled"] < 1
+    assert chunk_bytes(out) == before
+    assert json.loads((out / "metadata.json").read_text())["priors"] == again["priors"]
