@@ -17,28 +17,16 @@ of them can be rerun alone with --pickers; the other's row is then read from out
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from bench.runner import REPO, sh
 from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 
-REPO = Path(__file__).resolve().parents[1]
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
 TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "pick_s_per_mic": 41 / 5}
-
-
-def sh(cmd, log):
-    """Run a command, its output appended to `log`; returns seconds."""
-    start = time.time()
-    with open(log, "a") as handle:
-        handle.write("$ " + " ".join(map(str, cmd)) + "\n")
-        handle.flush()
-        subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    return time.time() - start
 
 
 def prepare_chunks(args, out, log):

@@ -1,0 +1,53 @@
+"""The blind benchmark's label dropping (the one place the protocol touches complete labels) and its run."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from bench import bench_pick
+from datasets.io.coordinates import read_coco
+
+
+def digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fraction", [0.7, 0.3, 0.1])
+def test_each_micrograph_keeps_exactly_round_f_n_of_its_particles_seeded(world, tmp_path, fraction):
+    source = world.root / "data"
+    counts, expected = bench_pick.write_blind_dataset(source, tmp_path / "a", fraction)
+    bench_pick.write_blind_dataset(source, tmp_path / "b", fraction)
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")  # seeded: the same labels every time
+    for split in ("train", "val", "test"):
+        before, _ = read_coco(source / "annotations" / f"instances_{split}.json")
+        after, _ = read_coco(tmp_path / "a" / "annotations" / f"instances_{split}.json")
+        for stem, particles in before.items():
+            kept = after.get(stem, np.zeros((0, 4)))
+            wanted = int(round(fraction * len(particles))) if split == "train" else len(particles)
+            assert len(kept) == wanted, (split, stem)
+            rows = {tuple(row) for row in np.round(particles[:, :2], 3)}
+            assert all(tuple(row) in rows for row in np.round(kept[:, :2], 3))  # a subset, nothing moved
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["annotations", "test", "train", "val"]
+    assert counts["test"][0] == counts["test"][1] and expected > 0
+
+
+TINY = """
+data: {input_size: 32, max_eval_samples: 500}
+model: {backbone: resnet_tiny, dropout: 0.1, ema_decay: 0.9}
+training: {epochs: 2, batch_size: 32, steps_per_epoch: 6, log_every: 3}
+"""
+
+
+@pytest.mark.slow
+def test_the_blind_benchmark_runs_the_users_path_and_scores_the_picks(world, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    rows = bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--out",
+                            str(tmp_path / "out"), "--config", str(config)])
+    (fraction, result), = rows
+    assert fraction == 0.5 and 0 < result["prior"] < 1 and 0 <= result["auprc"] <= 1
+    meta = json.loads((tmp_path / "out" / "F0.5" / "chunks" / "metadata.json").read_text())
+    assert meta["config"]["labels"] == "partial" and meta["priors"]["method"] == "expected_particles"
+    assert "0.50" in capsys.readouterr().out
