@@ -110,7 +110,7 @@ def atomic_write_json(path, data):
 
 
 def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes, read in 8 MB blocks."""
+    """Hex sha256 of a file's bytes (hashlib.file_digest reads it in blocks)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

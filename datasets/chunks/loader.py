@@ -19,7 +19,6 @@ import math
 import pickle
 from dataclasses import dataclass
 from itertools import accumulate
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,7 +97,7 @@ def verify_checksums(dirs, rank=0, world_size=1):
     A chunk that was damaged, truncated or replaced (another run writing the same folder, a bad disk)
     is a one-line InputError naming it. Chunks written before checksums were recorded are not checked;
     returns (chunks checked, chunks without a checksum)."""
-    listed = [(Path(d) / entry["file"], entry.get("crc32")) for d in chunk_dir_list(dirs)
+    listed = [(d / entry["file"], entry.get("crc32")) for d in chunk_dir_list(dirs)
               for split in read_metadata(d)["splits"].values() for entry in split["chunks"]][rank::world_size]
     for path, expected in tqdm(listed, desc="verifying chunk checksums", unit="chunk", leave=False):
         if not path.is_file():
