@@ -324,9 +324,9 @@ def test_read_coordinates_dispatch_folder_and_defaults(tmp_path):
     assert sorted(table) == ["a", "b"]
     np.testing.assert_array_equal(table["a"][:, :3], [[1, 2, 30], [5, 6, 80]])
     assert read_coordinates(folder / "a.csv", micrograph="renamed").keys() == {"renamed"}
-    (tmp_path / "picks.cbox").write_text("")
-    with pytest.raises(InputError, match=r"picks.cbox.*\.star"):
-        read_coordinates(tmp_path / "picks.cbox")
+    (tmp_path / "picks.xyz").write_text("")
+    with pytest.raises(InputError, match=r"picks.xyz.*\.star.*\.cbox.*\.cs"):
+        read_coordinates(tmp_path / "picks.xyz")
     with pytest.raises(InputError, match="nowhere"):
         read_coordinates(tmp_path / "nowhere.star")
     with pytest.raises(InputError, match="empty_dir"):
