@@ -50,15 +50,15 @@ class World:
     def pick_args(self, out, micrographs=None, checkpoint=None):
         return ["--checkpoint", str(checkpoint or self.root / "runs" / "run" / "best.pt"), "--micrographs",
                 str(micrographs or self.root / "data" / "test"), "--output-dir", str(out), "--device", "cpu",
-                "--formats", "star", "csv", "box", "txt"]
+                "--formats", "relion", "csv", "box", "topaz"]
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A tiny dataset, its chunks, a trained run and its picks: the reference faults are compared with."""
     world = World(tmp_path_factory.mktemp("world"))
-    make_synthetic_dataset.main(["--out", str(world.root / "data"), "--num-train", "3", "--num-val", "1",
-                                 "--num-test", "2", "--width", "320", "--height", "320", "--diameter", "24",
+    make_synthetic_dataset.main(["--output-dir", str(world.root / "data"), "--num-train", "3", "--num-val", "1",
+                                 "--num-test", "2", "--width", "320", "--height", "320", "--particle-diameter", "24",
                                  "--snr", "1.0", "--seed", "4"])
     preprocess_coco_full_dataset.main(world.preprocess_args(world.root / "chunks"))
     train_pu_fixed_full.main(world.train_args(world.root / "runs"))

@@ -2,8 +2,9 @@
 
 Inputs: --picks, a coordinate file or a folder (pick_particles.py's output folder, or any picker's);
 --ground-truth, a COCO json, a folder of CryoPPP csv files, or any coordinate format the repo reads.
-From a folder holding several formats the scored one is read: RELION .star, else Topaz .txt (--format
-chooses). The micrographs scored are those of the picks folder's manifest.json, or of --micrographs
+From pick_particles.py's folder its candidates are read (every candidate with its score: the whole
+curve; the precision and recall at the threshold its files were written at are reported too); from
+another picker's folder, RELION .star, else Topaz .txt (--format chooses). The micrographs scored are those of the picks folder's manifest.json, or of --micrographs
 (one stem or path per line), else every ground-truth micrograph; a scored micrograph without picks
 counts its particles as misses, and picks on micrographs without ground truth are ignored and counted.
 Matching is one-to-one within --radius px, or --radius-fraction x each particle's diameter (0.5 by
@@ -20,17 +21,19 @@ beside it.
 import argparse
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import InputError, exit_on_input_error
 from common.files import atomic_write_json
+from common.flags import add_renamed_argument
 from datasets.io.coordinates import micrograph_stem, read_coordinates
 from picking.evaluate import precision_recall, save_pr_curve_png
-from picking.writers import MANIFEST
+from picking.writers import CANDIDATES, MANIFEST, OLD_FORMAT_NAMES, manifest_files, read_candidates
 
-FORMATS = {"star": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
+FORMATS = {"relion": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
 CURVE_POINTS = 1000
 
 
@@ -43,15 +46,17 @@ def get_args_parser():
     radius.add_argument("--radius", type=float, help="match radius in original micrograph px")
     radius.add_argument("--radius-fraction", type=float, default=0.5,
                         help="match radius as a fraction of each particle's diameter (default %(default)s)")
-    parser.add_argument("--diameter", type=float, help="particle diameter in px where the ground truth has none")
+    add_renamed_argument(parser, "--particle-diameter", "--diameter", type=float,
+                         help="particle diameter in px where the ground truth has none")
     parser.add_argument("--micrographs", help="file listing the micrographs to score, one stem or path per line")
-    parser.add_argument("--format", choices=sorted(FORMATS), help="which pick format to read from a folder")
+    parser.add_argument("--format", choices=sorted({*FORMATS, CANDIDATES, *OLD_FORMAT_NAMES}),
+                        help="which pick format to read from a folder (default: candidates where present)")
     return parser
 
 
 def pick_files(folder: Path, fmt: str | None) -> tuple[str, list[Path]]:
     """The format to read from a picks folder and its files: --format, else the first scored format present."""
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith("manifest")]
     by_format = {name: [p for p in files if p.suffix.lower() in ext] for name, ext in FORMATS.items()}
     if fmt is None:
         fmt = next((name for name in FORMATS if by_format[name]), None)
@@ -69,6 +74,8 @@ def read_picks(path: Path, fmt: str | None) -> tuple[str, dict]:
     if path.is_file():
         name = next((n for n, ext in FORMATS.items() if path.suffix.lower() in ext), path.suffix)
         return name, read_coordinates(path)
+    if fmt in (None, CANDIDATES) and (path / CANDIDATES).is_dir():
+        return CANDIDATES, {p.stem: read_candidates(path, p.stem) for p in sorted((path / CANDIDATES).glob("*.npy"))}
     fmt, files = pick_files(path, fmt)
     table = {}
     for file in files:
@@ -77,19 +84,32 @@ def read_picks(path: Path, fmt: str | None) -> tuple[str, dict]:
     return fmt, table
 
 
+def written_threshold(picks_path: Path) -> tuple[bool, float | None]:
+    """(whether pick_particles.py wrote files at a threshold, that threshold) from the folder's manifest."""
+    path = picks_path / MANIFEST
+    if not picks_path.is_dir() or not path.is_file():
+        return False, None
+    outputs = json.loads(path.read_text()).get("outputs")
+    return (outputs is not None), (outputs or {}).get("threshold")
+
+
 def read_manifest(folder: Path) -> tuple[list[str], list[str]] | None:
-    """(stems, failed stems) from a picks folder's manifest.json; None where there is none."""
-    path = folder / MANIFEST
-    if not path.is_file():
+    """(stems, failed stems) from a picks folder's manifest.json and its shards' manifests; None where
+    there is none. A stem done in any manifest counts as done."""
+    files = manifest_files(folder)
+    if not files:
         return None
-    try:
-        entries = json.loads(path.read_text())["micrographs"]
-        stems = [micrograph_stem(entry["stem"]) for entry in entries]
-        failed = [micrograph_stem(entry["stem"]) for entry in entries if entry.get("status", "done") != "done"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"cannot read {path}: {error}; it needs {{\"micrographs\": [{{\"stem\": ...}}]}} "
-                         "(or delete it and pass --micrographs)") from error
-    return stems, failed
+    entries = []
+    for path in files:
+        try:
+            entries += [(micrograph_stem(e["stem"]), e.get("status", "done")) for e in json.loads(path.read_text())[
+                "micrographs"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"cannot read {path}: {error}; it needs {{\"micrographs\": [{{\"stem\": ...}}]}} "
+                             "(or delete it and pass --micrographs)") from error
+    stems = sorted(dict.fromkeys(stem for stem, _ in entries))
+    done = {stem for stem, status in entries if status == "done"}
+    return stems, [stem for stem in stems if stem not in done]
 
 
 def read_micrograph_list(path: str) -> list[str]:
@@ -145,13 +165,19 @@ def summarise(evaluation, picks_format, args, failed, missing_ground_truth) -> d
 
 
 def run(args) -> dict:
-    picks_path, targets = Path(args.picks), read_coordinates(args.ground_truth, default_diameter=args.diameter)
+    if args.format in OLD_FORMAT_NAMES:
+        warnings.warn(f"--format {args.format} is now called {OLD_FORMAT_NAMES[args.format]}; the old name goes in "
+                      f"the next release", FutureWarning)
+        args.format = OLD_FORMAT_NAMES[args.format]
+    picks_path, targets = Path(args.picks), read_coordinates(args.ground_truth, default_diameter=args.particle_diameter)
     picks_format, picks = read_picks(picks_path, args.format)
     micrographs, failed = scored_micrographs(args, picks_path)
     missing = sorted(set(micrographs or []) - set(targets))
     evaluation = precision_recall(picks, targets, radius=args.radius, radius_fraction=args.radius_fraction,
                                   micrographs=micrographs)
     summary = summarise(evaluation, picks_format, args, sorted(set(failed) & set(targets)), missing)
+    written, threshold = written_threshold(picks_path) if picks_format == CANDIDATES else (False, None)
+    summary["at_written_threshold"] = finite(evaluation.curve.at_threshold(threshold)) if written else None
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     summary["pr_curve_png"] = str(output.with_name("pr_curve.png"))
@@ -169,6 +195,11 @@ def print_summary(summary: dict, output: str) -> None:
           f"(median {summary['radius']:.1f} px)")
     print(f"AUPRC {summary['auprc']:.4f}   best F1 {summary['best_f1']:.4f} at threshold {threshold}: "
           f"precision {summary['precision']:.4f}, recall {summary['recall']:.4f} ({summary['n_matched']} matched)")
+    written = summary["at_written_threshold"]
+    if written:
+        shown = "all candidates" if written["threshold"] is None else f"threshold {written['threshold']:.4g}"
+        print(f"at the files' {shown}: precision {written['precision']:.4f}, recall {written['recall']:.4f}, "
+              f"F1 {written['f1']:.4f}")
     if summary["failed_micrographs"]:
         print(f"note: {len(summary['failed_micrographs'])} micrographs failed to pick; their particles count as misses")
     if summary["missing_ground_truth"]:

@@ -16,6 +16,7 @@ import time
 from dataclasses import fields
 
 from common.errors import exit_on_input_error
+from common.flags import add_renamed_argument
 from synthetic.simulator import SyntheticConfig, config_from_args, write_dataset
 
 HELP = {
@@ -41,12 +42,16 @@ HELP = {
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", default="data/synthetic", help="output folder (default: %(default)s)")
+    add_renamed_argument(parser, "--output-dir", "--out", default="data/synthetic",
+                         help="output folder (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=1, help="parallel micrographs (default: 1)")
     defaults = SyntheticConfig()
     for field in fields(SyntheticConfig):
         option = "--" + field.name.replace("_", "-")
-        if field.name == "denoised":
+        if field.name == "diameter":
+            add_renamed_argument(parser, "--particle-diameter", option, dest="diameter", type=float,
+                                 default=defaults.diameter, help=HELP["diameter"] + " (default: %(default)s)")
+        elif field.name == "denoised":
             parser.add_argument(option, action="store_true",
                                 help="CryoPPP-like: higher SNR, low-pass filtered, JPEG")
         else:
@@ -61,12 +66,12 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.perf_counter()
     with exit_on_input_error():
-        summary = write_dataset(config_from_args(args), args.out, args.num_workers)
+        summary = write_dataset(config_from_args(args), args.output_dir, args.num_workers)
     seconds = time.perf_counter() - start
     for split, counts in summary["counts"].items():
         print(f"{split:5s}: {counts['micrographs']} micrographs, {counts['particles']} particles "
               f"({counts['labeled']} labeled), {counts['contaminants']} contaminants, {counts['junk']} junk")
-    print(f"wrote {args.out} ({summary['config']['format']}) in {seconds:.1f} s")
+    print(f"wrote {args.output_dir} ({summary['config']['format']}) in {seconds:.1f} s")
     return summary
 
 

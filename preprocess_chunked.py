@@ -21,10 +21,11 @@ from functools import partial
 from pathlib import Path
 
 from common.errors import InputError, exit_on_input_error
+from common.flags import parse_shard
 from datasets.io.layout import load_dataset
-from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, parse_shard,
-                                          resolve_preprocessing_config, shard_dir)
-from datasets.preprocessing.run import preprocessing_facts, print_summary, run_preprocessing
+from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, resolve_preprocessing_config,
+                                          shard_dir)
+from datasets.preprocessing.run import describe_facts, preprocessing_facts, print_summary, run_preprocessing
 from datasets.prior import counted_prior, expected_particles_windows, positive_fraction, prior_record
 from datasets.sampling.windows import sliding_window_samples
 
@@ -96,9 +97,7 @@ def run(config, args, shard):
                       ratio=pre["ratio"])
     stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()), "annotations": data["annotations"],
               "shard": args.shard, "label_source": report["label_source"]}
-    print(f"{len(records)} micrographs, particle diameter {facts.particle_diameter_px:g} px, scale "
-          f"{facts.scale:.4f} (particles become {facts.particle_diameter_px * facts.scale:.1f} px), labels from "
-          f"{report['label_source']}")
+    print(f"{len(records)} micrographs, {describe_facts(facts)}, labels from {report['label_source']}")
     return run_preprocessing(TOOL, stored, records, sampler, facts=facts,
                              output_dir=shard_dir(data["output_dir"], shard), resume=not args.no_resume,
                              num_workers=args.num_workers, strict=args.strict,

@@ -27,10 +27,11 @@ from functools import partial
 from pathlib import Path
 
 from common.errors import InputError, exit_on_input_error
+from common.flags import parse_shard
 from datasets.io.layout import SPLITS, load_dataset
-from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, parse_shard,
-                                          resolve_preprocessing_config, shard_dir)
-from datasets.preprocessing.run import preprocessing_facts, print_summary, run_preprocessing
+from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, resolve_preprocessing_config,
+                                          shard_dir)
+from datasets.preprocessing.run import describe_facts, preprocessing_facts, print_summary, run_preprocessing
 from datasets.prior import counted_prior, partial_labels_windows, positive_fraction, prior_record
 from datasets.sampling.coco_pu import LABEL_MODES, coco_pu_samples
 
@@ -153,8 +154,7 @@ def run(config, args, shard):
               "known_negatives": data["known_negatives"], "shard": args.shard, "label_source": report["label_source"]}
     for split in SPLITS:
         print(f"Processing {split} split: {sum(r.split == split for r in records)} micrographs")
-    print(f"particle diameter {facts.particle_diameter_px:g} px, scale {facts.scale:.4f} "
-          f"(particles become {facts.particle_diameter_px * facts.scale:.1f} px)")
+    print(describe_facts(facts))
     summary = run_preprocessing(TOOL, stored, records, sampler, facts=facts,
                                 output_dir=shard_dir(data["output_dir"], shard), resume=not args.no_resume,
                                 num_workers=args.num_workers, strict=args.strict, priors_fn=coco_priors)

@@ -10,7 +10,7 @@ estimates, as for Topaz's -n), training with the data's pi, picking the test mic
 F1 with its precision and recall, pi used, training and picking seconds.
 
     python -m bench.bench_pick --data-root ../shared/data/empiar10017 --label-fractions 0.7 0.3 0.1 \
-        --out bench_runs/blind_empiar10017
+        --output-dir bench_runs/blind_empiar10017
 """
 import argparse
 import json
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.runner import sh
+from common.flags import add_renamed_argument
 from datasets.io.coordinates import write_coco
 from datasets.io.layout import SPLITS, load_dataset
 from datasets.io.micrographs import read_micrograph
@@ -79,7 +80,8 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True, help="a data set with complete labels (CryoTransformer layout)")
     parser.add_argument("--label-fractions", type=float, nargs="+", default=[0.7, 0.3, 0.1])
-    parser.add_argument("--out", required=True, help="folder for the blind datasets, runs and results")
+    add_renamed_argument(parser, "--output-dir", "--out", required=True,
+                         help="folder for the blind datasets, runs and results")
     parser.add_argument("--config", default="configs/cpu_benchmark.yaml", help="our training config")
     parser.add_argument("--seed", type=int, default=42, help="seed of the label dropping")
     return parser
@@ -87,7 +89,7 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    out, rows = Path(args.out).resolve(), []
+    out, rows = Path(args.output_dir).resolve(), []
     for fraction in args.label_fractions:
         case = out / f"F{fraction:g}"
         counts, expected = write_blind_dataset(args.data_root, case / "data", fraction, args.seed)

@@ -9,7 +9,7 @@ Topaz (where `topaz` is installed): the same labels, GE-binomial, 4x binning, --
 particle count, extract radius 14 binned px, threshold -6; scored by OUR evaluator too.
 Prints both AUPRCs, best F1s (with precision and recall there) and picking seconds per micrograph.
 
-    python -m bench.bench_pick_empiar10017 --out bench_runs/empiar10017 [--pickers ours topaz] [--topaz-epochs 10]
+    python -m bench.bench_pick_empiar10017 --output-dir bench_runs/empiar10017 [--pickers ours topaz] [--topaz-epochs 10]
 
 Both pickers learn from the same chunks (out/chunks: preprocessed once, resumed when present), so one
 of them can be rerun alone with --pickers; the other's row is then read from out/bench_summary.json.
@@ -24,6 +24,7 @@ import torch
 
 from bench.runner import REPO, sh
 from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
+from common.flags import add_renamed_argument
 
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
 TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "pick_s_per_mic": 41 / 5}
@@ -103,7 +104,7 @@ def row(name, r):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=str(EMPIAR))
-    parser.add_argument("--out", default="bench_runs/empiar10017")
+    add_renamed_argument(parser, "--output-dir", "--out", default="bench_runs/empiar10017")
     parser.add_argument("--config", default="configs/cpu_benchmark.yaml")
     parser.add_argument("--exp-name", default="cpu_benchmark")
     parser.add_argument("--set", nargs="+", default=[], help="config overrides for our training")
@@ -116,7 +117,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.topaz_epochs < 1 or args.topaz_epoch_size < 1:
         parser.error("--topaz-epochs and --topaz-epoch-size must be at least 1 (leave Topaz out with --pickers ours)")
-    out = (REPO / args.out).resolve()
+    out = (REPO / args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "bench.log"
     summary_path = out / "bench_summary.json"

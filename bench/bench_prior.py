@@ -42,7 +42,7 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-train", type=int, default=12)
     parser.add_argument("--size", type=int, default=1024, help="micrograph side, px")
-    parser.add_argument("--diameter", type=float, default=32.0)
+    parser.add_argument("--particle-diameter", type=float, default=32.0)
     return parser
 
 
@@ -53,9 +53,10 @@ def main(argv=None):
     for density, labeled, seed in CASES:
         work = Path(tempfile.mkdtemp(prefix="bench_prior_"))
         with contextlib.redirect_stdout(io.StringIO()):
-            make_synthetic_dataset.main(["--out", str(work / "data"), "--num-train", str(args.num_train),
+            make_synthetic_dataset.main(["--output-dir", str(work / "data"), "--num-train", str(args.num_train),
                                          "--num-val", "1", "--num-test", "1", "--width", str(args.size), "--height",
-                                         str(args.size), "--diameter", str(args.diameter), "--density", str(density),
+                                         str(args.size), "--particle-diameter", str(args.particle_diameter),
+                                         "--density", str(density),
                                          "--label-fraction", str(labeled), "--seed", str(seed)])
         counted, estimated = priors(work / "data", work, mean_train_particles(work / "data"))
         rows.append((density, labeled, counted, estimated))

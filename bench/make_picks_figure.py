@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from datasets.io.coordinates import read_coco
 from picking.evaluate import match_picks
-from picking.writers import read_picks_back
+from picking.writers import read_candidates
 
 EMPIAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "empiar10017"
 
@@ -30,7 +30,7 @@ def main(argv=None):
     summary = json.loads(Path(args.summary).read_text())
     radius = summary["radius"]
     truth = read_coco(Path(args.data_root) / "annotations" / "instances_test.json")[0][args.stem]
-    picks = read_picks_back(args.picks, args.stem)
+    picks = read_candidates(args.picks, args.stem)
     kept = picks[picks[:, 3] >= summary["threshold"]]
     matched = match_picks(kept[:, :2], truth[:, :2], radius)
     image = Image.open(Path(args.data_root) / "test" / f"{args.stem}.jpg").convert("RGB")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from common.errors import InputError, exit_on_input_error
+from common.flags import add_renamed_argument
 from datasets.io.coordinates import read_coco
 from datasets.io.layout import SPLITS
 from datasets.io.micrographs import read_micrograph
@@ -37,7 +38,7 @@ def get_args_parser():
     parser.add_argument("--index", type=int, default=4,
                         help="synthetic micrograph index; 4 of train shows carbon and ice (default: 4)")
     parser.add_argument("--panel", type=int, default=512, help="panel side, px (default: 512)")
-    parser.add_argument("--out", default=str(REPO / "docs" / "synthetic_vs_empiar10017.png"))
+    add_renamed_argument(parser, "--output", "--out", default=str(REPO / "docs" / "synthetic_vs_empiar10017.png"))
     return parser
 
 
@@ -94,7 +95,7 @@ def main(argv=None):
         panels = [real_panel(args.empiar, args.panel),
                   synthetic_panel(config, args.split, args.index, args.panel),
                   synthetic_panel(replace(config, denoised=True), args.split, args.index, args.panel)]
-    out = Path(args.out)
+    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     compose(panels, args.panel).save(out, optimize=True)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB): " + " | ".join(title for _, title in panels))

@@ -73,28 +73,30 @@ def atomic_write(path, mode="wb"):
 
 
 @contextlib.contextmanager
-def folder_lock(folder, tool):
-    """Hold an exclusive advisory lock (fcntl.flock on `<folder>/.lock`) while `tool` writes `folder`.
+def folder_lock(folder, tool, shared=False, name=LOCK_FILE):
+    """Hold an advisory lock (fcntl.flock on `<folder>/<name>`, `.lock` by default) while `tool` writes `folder`:
+    exclusive, or `shared` with other shared holders (shards of one job writing files of their own).
 
-    A second writer gets a one-line InputError naming the first (tool, pid, start time) instead of
-    mixing its files in. The lock goes with the process, so a killed writer never leaves it held.
+    A writer that cannot have it gets a one-line InputError naming the holder (tool, pid, start time)
+    instead of mixing its files in. The lock goes with the process, so a killed writer never leaves it held.
     """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_FILE, "a+")
+        handle = open(folder / name, "a+")
     except OSError as exc:
-        raise write_failure(exc, folder / LOCK_FILE) or exc
+        raise write_failure(exc, folder / name) or exc
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise InputError(f"{folder} is being written by {holder}; wait for it to finish or choose another "
                              f"output folder") from None
-        handle.seek(0)
-        handle.truncate()
+        if not shared:
+            handle.seek(0)
+            handle.truncate()
         handle.write(f"{tool} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         handle.flush()
         yield

@@ -21,11 +21,12 @@ default); `default_diameter` stands in where the ground truth has none.
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from common.errors import InputError
+from picking.overlay import blank_plot
 
 
 def match_picks(picks_xy: np.ndarray, targets_xy: np.ndarray, radius) -> np.ndarray:
@@ -78,6 +79,16 @@ class PRCurve:
                 "n_matched": int(self.n_matched[i])}
 
 
+    def at_threshold(self, threshold: float | None) -> dict:
+        """F1, precision, recall and TP count keeping the picks scoring at least `threshold` (all for None)."""
+        kept = np.flatnonzero(self.threshold >= threshold) if threshold is not None else np.arange(len(self.f1))
+        if not len(kept):
+            return {"f1": 0.0, "precision": 0.0, "recall": 0.0, "threshold": threshold, "n_matched": 0}
+        i = int(kept[-1])
+        return {"f1": float(self.f1[i]), "precision": float(self.precision[i]),
+                "recall": float(self.recall[i]), "threshold": threshold, "n_matched": int(self.n_matched[i])}
+
+
 def precision_recall_curve(matched: np.ndarray, scores: np.ndarray, n_targets: int) -> PRCurve:
     """The curve of picks flagged true positive (`matched`) against `n_targets` particles.
 
@@ -118,7 +129,7 @@ def target_radius(targets: np.ndarray, stem: str, radius: float | None, radius_f
         diameter[np.isnan(diameter)] = default_diameter
     if np.isnan(diameter).any():
         raise InputError(f"ground truth for micrograph {stem} has particles without a diameter; "
-                         "pass --radius PX or --diameter PX")
+                         "pass --radius PX or --particle-diameter PX")
     return radius_fraction * diameter
 
 
@@ -176,9 +187,7 @@ def save_pr_curve_png(path, recall: np.ndarray, precision: np.ndarray, label: st
     """Draw precision against recall, axes 0..1 with ticks every 0.2, `label` as the title."""
     width, height = size
     left, right, top, bottom = 70, 25, 45, 60
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=14)
+    image, draw, font = blank_plot(size, 14)
 
     def to_pixel(r, p):
         return left + r * (width - left - right), height - bottom - p * (height - top - bottom)

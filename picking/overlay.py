@@ -5,7 +5,7 @@ A float micrograph is normalised with the same robust clip as preprocessing
 (area-averaged) so the longer side is at most `max_side`, and the circles follow them.
 """
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from datasets.io.micrographs import normalize_to_uint8
 
@@ -39,3 +39,9 @@ def overlay_image(image, xy, diameter, max_side=1024, colors=GREEN, line_width=2
 def save_overlay_png(image, xy, diameter, path, max_side=1024, colors=GREEN, line_width=2):
     """Save `overlay_image(...)` to `path` as PNG."""
     overlay_image(image, xy, diameter, max_side, colors, line_width).save(path, format="PNG")
+
+
+def blank_plot(size: tuple[int, int], font_size: int):
+    """(white RGB image, its ImageDraw, a font of `font_size`) to draw a plot on."""
+    image = Image.new("RGB", size, "white")
+    return image, ImageDraw.Draw(image), ImageFont.load_default(size=font_size)

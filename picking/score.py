@@ -43,7 +43,7 @@ from common.errors import InputError
 from datasets.augment import dihedral_index_maps
 from datasets.chunks.format import PreprocessingFacts
 from datasets.geometry import to_original
-from datasets.io.micrographs import prepare_micrograph, read_micrograph
+from datasets.io.micrographs import prepare_micrograph, read_micrograph, read_pixel_size
 from models.checkpoint import checkpoint_network_input, evaluated_model, load_checkpoint
 from models.input import NetworkInput, network_input, normalise
 from picking.nms import nms_points, peak_picks
@@ -280,12 +280,18 @@ def picks_from_score_map(score_map: torch.Tensor, grid: WindowGrid, scale_xy, or
     return np.column_stack([xy, np.full(len(xy), float(diameter_px)), scores])
 
 
+MAX_PIXEL_SIZE_RATIO = 2.0  # micrographs' pixel size / training's beyond this (or below its inverse): refused
+
+
 @dataclass
 class PreparedMicrograph:
-    """A micrograph read and prepared for picking: uint8 rescaled image and the exact per-axis scale."""
+    """A micrograph read and prepared for picking: uint8 rescaled image, the exact per-axis scale, and its
+    pixel size over the training micrographs' (1 where either is unknown: sizes taken as trained, in px)."""
     image: np.ndarray
     scale_xy: tuple[float, float]
     original_shape: tuple[int, int]
+    pixel_size: float | None = None
+    size_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -296,11 +302,31 @@ class Picker:
     spec: NetworkInput
 
 
-def prepare_for_picking(path, facts: PreprocessingFacts) -> PreparedMicrograph:
-    """Read the micrograph at `path` (InputError where unreadable) and rescale/normalise it as training did."""
+def pixel_size_ratio(facts: PreprocessingFacts, pixel_size: float | None, source, force: bool = False) -> float:
+    """Micrograph Å/px over training Å/px (1 where either is unknown); refused beyond 2x unless `force`."""
+    if pixel_size is None or facts.pixel_size_angstrom is None:
+        return 1.0
+    ratio = pixel_size / facts.pixel_size_angstrom
+    if not force and not 1 / MAX_PIXEL_SIZE_RATIO <= ratio <= MAX_PIXEL_SIZE_RATIO:
+        raise InputError(f"{source} is at {pixel_size:g} Å/px, the model was trained at "
+                         f"{facts.pixel_size_angstrom:g} Å/px ({ratio:.2f}x); pick micrographs within 2x of it, "
+                         f"or pass --force to rescale anyway")
+    return ratio
+
+
+def prepare_for_picking(path, facts: PreprocessingFacts, pixel_size: float | None = None,
+                        force: bool = False) -> PreparedMicrograph:
+    """Read the micrograph at `path` (InputError where unreadable) and rescale/normalise it as training did.
+
+    Its pixel size is `pixel_size` (the user's), else its MRC header's; where it and the training pixel
+    size are known and differ, the micrograph is rescaled further so particles have the training size
+    in rescaled px (coordinates still come back in the micrograph's own pixels).
+    """
+    pixel_size = pixel_size or read_pixel_size(path)
+    ratio = pixel_size_ratio(facts, pixel_size, f"micrograph {path}", force)
     original = read_micrograph(path)
-    image, scale_xy = prepare_micrograph(original, facts.scale, facts.clip_sigma)
-    return PreparedMicrograph(image, scale_xy, original.shape)
+    image, scale_xy = prepare_micrograph(original, facts.scale * ratio, facts.clip_sigma)
+    return PreparedMicrograph(image, scale_xy, original.shape, pixel_size, ratio)
 
 
 def pick_prepared(picker: Picker, micrograph: PreparedMicrograph, *, stride: int, min_distance_px: float,
@@ -309,7 +335,7 @@ def pick_prepared(picker: Picker, micrograph: PreparedMicrograph, *, stride: int
                   rescore_peaks: bool = True, peak_symmetries: int = DEFAULT_PEAK_SYMMETRIES) -> np.ndarray:
     """Score a prepared micrograph every `stride` px, rescore its peaks at their sub-cell positions
     (`rescore_at_peaks` with `peak_symmetries` views, unless `rescore_peaks` is False) and return the
-    picks (N, 4) in original pixels, score = logit."""
+    picks (N, 4) in original pixels, score = logit; distances are in the micrograph's own pixels."""
     scorer, grid = window_scorer(picker.model, micrograph.image, patch_size=picker.facts.patch_size, spec=picker.spec,
                                  stride=stride, device=device, batch_size=batch_size, method=method, bf16=bf16)
     score_map = scorer.score_grid(grid)
@@ -318,7 +344,7 @@ def pick_prepared(picker: Picker, micrograph: PreparedMicrograph, *, stride: int
     return picks_from_score_map(score_map, grid, micrograph.scale_xy, micrograph.original_shape,
                                 min_distance_px=min_distance_px, threshold=threshold,
                                 edge_margin_px=edge_margin_px, max_picks=expected_particles,
-                                diameter_px=picker.facts.particle_diameter_px, refine=refine)
+                                diameter_px=picker.facts.particle_diameter_px / micrograph.size_ratio, refine=refine)
 
 
 def pick_micrograph(picker: Picker, path, **options) -> np.ndarray:

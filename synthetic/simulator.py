@@ -154,7 +154,7 @@ def validate(config):
             raise InputError(f"{_option(name)} {value} must be "
                              f"{_range_text(low, high, low_inclusive, high_inclusive)}{extra}")
     if config.diameter >= min(config.width, config.height) / 2:
-        raise InputError(f"--diameter {config.diameter} px does not fit a {config.width}x{config.height} "
+        raise InputError(f"--particle-diameter {config.diameter} px does not fit a {config.width}x{config.height} "
                          f"micrograph; use a diameter below {min(config.width, config.height) / 2:g} px "
                          f"or a larger --width/--height")
     if config.defocus_min > config.defocus_max:
@@ -349,7 +349,7 @@ def place_particles(rng, config, blocked):
     raise InputError(f"--density {config.density}: only {placed} of {count} particles of "
                      f"{config.diameter:g} px fit a {config.width}x{config.height} micrograph beside "
                      f"the contaminants; "
-                     f"lower --density, --diameter or --contaminants")
+                     f"lower --density, --particle-diameter or --contaminants")
 
 
 def _junk(rng, config, centres):

@@ -12,6 +12,7 @@ import make_synthetic_dataset
 import pick_particles
 import preprocess_chunked
 import preprocess_coco_full_dataset
+import threshold_picks
 import train_pu_fixed_full
 from common.files import folder_lock
 from conftest import REPO, write_malicious_checkpoint
@@ -60,6 +61,14 @@ def train(world, tmp, *extra, data_dir=None, exp="x"):
 
 def pick(world, tmp, *extra, micrographs=None, checkpoint=None, out=None):
     return PICK, world.pick_args(out or tmp / "picks", micrographs, checkpoint) + list(extra)
+
+
+def checkpoint_at_pixel_size(world, path, pixel_size):
+    """A copy of the world's checkpoint that says its training micrographs were at `pixel_size` Å/px."""
+    state = torch.load(world.root / "runs" / "run" / "best.pt", weights_only=True)
+    state["preprocessing"]["pixel_size_angstrom"] = pixel_size
+    torch.save(state, path)
+    return path
 
 
 def empty_folder(tmp, name):
@@ -119,6 +128,8 @@ CASES = {
     "labels without a diameter": (lambda w, t: coco(w, t, "--annotations", str(t / "p.star"), data=data_copy(
         w, t, lambda d: (t / "p.star").write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n10 20\n"))),
         r"give no particle diameter .*--particle-diameter"),
+    "both --particle-diameter and --particle-diameter-angstrom": (lambda w, t: coco(
+        w, t, "--particle-diameter", "24", "--particle-diameter-angstrom", "36"), r"both given; pass one of them"),
     "--config file missing": (lambda w, t: coco(w, t, "--config", str(t / "none.yaml")),
                               r"config file .*none.yaml not found"),
     "--config file not YAML": (lambda w, t: coco(w, t, "--config", config_file(t, "preprocessing: [\n")),
@@ -170,20 +181,26 @@ CASES = {
     "no micrographs to pick": (lambda w, t: pick(w, t, micrographs=t / "*.mrc"), r"no micrographs found at"),
     "picks into a folder of labels": (lambda w, t: pick(w, t, out=with_file(t / "labels", f"{first_test_stem(w)}.csv")),
                                       r"did not write \(e.g. .*\.csv\)"),
-    "picks rerun with other settings": (lambda w, t: (PICK, w.pick_args(w.root / "picks") + ["--threshold", "0"]),
-                                        r"holds picks made with other settings \(threshold\)"),
+    "picks rerun with other settings": (lambda w, t: (PICK, w.pick_args(w.root / "picks")
+                                                      + ["--candidate-threshold", "0"]),
+                                        r"holds picks made with other settings \(candidate_threshold\)"),
     "every micrograph unreadable": (lambda w, t: pick(w, t, micrographs=with_file(t / "mics", "a.mrc")),
                                     r"none of the 1 micrographs could be picked"),
     "pick distance not positive": (lambda w, t: pick(w, t, "--min-distance-fraction", "0"),
-                                   r"--min-distance-fraction 0.0 must be positive"),
+                                   r"--min-distance-fraction 0 must be positive"),
+    "micrographs more than 2x off the training pixel size": (lambda w, t: pick(
+        w, t, "--pixel-size", "2.5", checkpoint=checkpoint_at_pixel_size(w, t / "best.pt", 1.0)),
+        r"at 2.5 Å/px, the model was trained at 1 Å/px .*--force"),
+    "rethreshold a folder without candidates": (lambda w, t: (threshold_picks.main, [
+        "--output-dir", str(empty_folder(t, "picks"))]), r"holds no manifest.json"),
     "--peak-symmetries with --no-peak-rescore": (lambda w, t: pick(w, t, "--peak-symmetries", "8",
                                                                    "--no-peak-rescore"),
                                                  r"--peak-symmetries 8 averages views of the rescored peaks"),
     "ground truth missing": (lambda w, t: (evaluate_picks.main, ["--picks", str(w.root / "picks"), "--ground-truth",
                                                                  str(t / "truth.json"), "--output",
                                                                  str(t / "eval.json")]), r"truth.json"),
-    "synthetic --out holding other files": (lambda w, t: (make_synthetic_dataset.main, [
-        "--out", str(with_file(t / "syn", "mine.txt"))]), r"is not empty and holds no synthetic dataset"),
+    "synthetic --output-dir holding other files": (lambda w, t: (make_synthetic_dataset.main, [
+        "--output-dir", str(with_file(t / "syn", "mine.txt"))]), r"is not empty and holds no synthetic dataset"),
 }
 
 

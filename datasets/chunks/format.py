@@ -7,7 +7,7 @@ cursor `resume.micrographs_done` (read by `preprocessing_progress`), the priors 
 and `facts`: the `PreprocessingFacts` picking needs to prepare a micrograph as the patches were.
 """
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -47,6 +47,11 @@ class PreprocessingFacts:
     particle_diameter_px: float   # px of the original micrographs
     scale: float                  # rescaled px per original px
     clip_sigma: float             # the robust clip of the uint8 normalisation (median +- clip_sigma sigmas)
+    pixel_size_angstrom: float | None = None  # Å per original px of the training micrographs; None = unknown
+
+    @property
+    def particle_diameter_angstrom(self) -> float | None:
+        return None if self.pixel_size_angstrom is None else self.particle_diameter_px * self.pixel_size_angstrom
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,11 +59,12 @@ class PreprocessingFacts:
     @classmethod
     def from_dict(cls, values: dict, source) -> "PreprocessingFacts":
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if not isinstance(values, dict) or name not in values]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [name for name in required if not isinstance(values, dict) or name not in values]
         if missing:
             raise InputError(f"{source} lacks the preprocessing facts {', '.join(missing)}; rerun the "
                              f"preprocessing command (or training) with this version of the repo")
-        return cls(**{name: values[name] for name in names})
+        return cls(**{name: values[name] for name in names if name in values})
 
 
 def load_metadata(path):

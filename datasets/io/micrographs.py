@@ -80,6 +80,39 @@ def _read_image(path):
         return np.asarray(image).astype(np.float32)
 
 
+def read_pixel_size(path):
+    """Å per pixel from an MRC header (mrcfile's voxel size), or None: not an MRC file, 0 (unset), or a
+    header that cannot be read (reading the pixels then names the damage)."""
+    path = Path(path)
+    if path.suffix.lower() not in MRC_EXTENSIONS:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                size = float(mrc.voxel_size.x)
+    except DECODE_ERRORS + (AttributeError,):
+        return None
+    return size if np.isfinite(size) and size > 0 else None
+
+
+def dataset_pixel_size(paths, override=None):
+    """The Å/px of a set of micrographs: `override` (the user's), else their MRC headers, which must
+    agree within 1%; None where no header gives one (JPEG/PNG, or a header with 0)."""
+    if override is not None:
+        if not override > 0:
+            raise InputError(f"--pixel-size {override} must be positive (Å per pixel of the micrographs)")
+        return float(override)
+    sizes = {str(path): size for path in paths if (size := read_pixel_size(path)) is not None}
+    if not sizes:
+        return None
+    low, high = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    if sizes[high] > 1.01 * sizes[low]:
+        raise InputError(f"micrographs have different pixel sizes ({low}: {sizes[low]:g} Å/px, {high}: "
+                         f"{sizes[high]:g} Å/px); preprocess each pixel size separately, or pass --pixel-size")
+    return float(np.median(list(sizes.values())))
+
+
 def read_micrograph(path):
     """The micrograph at `path` as float32 (H, W); the first frame of a stack, with a warning."""
     path = Path(path)

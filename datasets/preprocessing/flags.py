@@ -7,6 +7,8 @@ from common.errors import InputError
 SHARED_FLAG_KEYS = {"data_root": "data.data_root", "annotations": "data.annotations", "output_dir": "data.output_dir",
                     "patch_size": "preprocessing.patch_size", "target_diameter": "preprocessing.target_diameter",
                     "particle_diameter": "preprocessing.particle_diameter",
+                    "particle_diameter_angstrom": "preprocessing.particle_diameter_angstrom",
+                    "pixel_size": "preprocessing.pixel_size",
                     "native_resolution": "preprocessing.native_resolution", "chunk_size": "preprocessing.chunk_size",
                     "seed": "preprocessing.seed"}
 
@@ -33,6 +35,10 @@ def add_preprocessing_flags(parser, default_config):
     parser.add_argument("--patch-size", type=int)
     parser.add_argument("--target-diameter", type=float, help="particle diameter after rescaling, px")
     parser.add_argument("--particle-diameter", type=float, help="particle diameter in original px")
+    parser.add_argument("--particle-diameter-angstrom", type=float,
+                        help="particle diameter in Å (needs the pixel size: MRC headers or --pixel-size)")
+    parser.add_argument("--pixel-size", type=float,
+                        help="Å per pixel of the micrographs (default: their MRC headers; unknown for JPEG/PNG)")
     parser.add_argument("--native-resolution", action="store_true", default=None,
                         help="keep original pixels (no rescaling)")
     parser.add_argument("--chunk-size", type=int, help="patches per chunk file")
@@ -44,19 +50,6 @@ def add_preprocessing_flags(parser, default_config):
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override any config key")
     return parser
-
-
-def parse_shard(text):
-    """'i/N' -> (i, N) with 0 <= i < N."""
-    if text is None:
-        return None
-    try:
-        index, count = (int(part) for part in str(text).split("/"))
-    except ValueError as exc:
-        raise InputError(f"--shard {text} must look like i/N, e.g. 0/4") from exc
-    if not 0 <= index < count:
-        raise InputError(f"--shard {text}: need 0 <= i < N")
-    return index, count
 
 
 def shard_dir(output_dir, shard):

@@ -21,17 +21,44 @@ from datasets.chunks.writer import ChunkStore, SplitStream, prepare_output_dir
 from datasets.geometry import to_original, to_scaled
 from datasets.io.coordinates import drop_outside
 from datasets.io.layout import SPLITS, dataset_diameter
-from datasets.io.micrographs import prepare_micrograph, read_micrograph
+from datasets.io.micrographs import dataset_pixel_size, prepare_micrograph, read_micrograph
 from datasets.preprocessing.workers import ordered_results
 
 
 def preprocessing_facts(pre, records) -> PreprocessingFacts:
-    """The facts of a run with preprocessing settings `pre` over `records`: the particle diameter (the
-    user's, else the annotations' median) and the scale that makes it `target_diameter` px."""
-    diameter = dataset_diameter(records, pre["particle_diameter"])
+    """The facts of a run with preprocessing settings `pre` over `records`: the pixel size (the user's,
+    else the MRC headers'), the particle diameter (the user's in px or Å, else the annotations' median)
+    and the scale that makes it `target_diameter` px."""
+    pixel_size = dataset_pixel_size([r.path for r in records], pre["pixel_size"])
+    diameter = dataset_diameter(records, particle_diameter_px(pre, pixel_size))
     scale = 1.0 if pre["native_resolution"] else pre["target_diameter"] / diameter
     return PreprocessingFacts(patch_size=pre["patch_size"], particle_diameter_px=diameter, scale=scale,
-                              clip_sigma=pre["clip_sigma"])
+                              clip_sigma=pre["clip_sigma"], pixel_size_angstrom=pixel_size)
+
+
+def describe_facts(facts: PreprocessingFacts) -> str:
+    """One line for the preprocessors' start: diameter, pixel size (or that it is unknown) and scale."""
+    size = (f"{facts.particle_diameter_angstrom:.0f} Å at {facts.pixel_size_angstrom:g} Å/px"
+            if facts.pixel_size_angstrom else "pixel size unknown: sizes stay in pixels")
+    return (f"particle diameter {facts.particle_diameter_px:g} px ({size}), scale {facts.scale:.4f} "
+            f"(particles become {facts.particle_diameter_px * facts.scale:.1f} px)")
+
+
+def particle_diameter_px(pre, pixel_size):
+    """The user's particle diameter in original px: `particle_diameter` as given, or
+    `particle_diameter_angstrom` over the pixel size; None when neither is set."""
+    angstrom = pre["particle_diameter_angstrom"]
+    if angstrom is None:
+        return pre["particle_diameter"]
+    if pre["particle_diameter"] is not None:
+        raise InputError(f"--particle-diameter {pre['particle_diameter']:g} px and --particle-diameter-angstrom "
+                         f"{angstrom:g} both given; pass one of them")
+    if not angstrom > 0:
+        raise InputError(f"--particle-diameter-angstrom {angstrom:g} must be positive")
+    if pixel_size is None:
+        raise InputError(f"--particle-diameter-angstrom {angstrom:g} needs the pixel size, and the micrographs' "
+                         f"headers give none; pass --pixel-size (Å/px) or --particle-diameter in px")
+    return angstrom / pixel_size
 
 
 def _xy(particles):

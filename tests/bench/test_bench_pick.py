@@ -44,7 +44,7 @@ training: {epochs: 2, batch_size: 32, steps_per_epoch: 6, log_every: 3}
 def test_the_blind_benchmark_runs_the_users_path_and_scores_the_picks(world, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
-    rows = bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--out",
+    rows = bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir",
                             str(tmp_path / "out"), "--config", str(config)])
     (fraction, result), = rows
     assert fraction == 0.5 and 0 < result["prior"] < 1 and 0 <= result["auprc"] <= 1

@@ -11,13 +11,13 @@ import train_pu_fixed_full
 from datasets.io.coordinates import read_cryoppp_csv
 
 SYNTHETIC = ["--num-train", "4", "--num-val", "1", "--num-test", "1", "--width", "512", "--height", "512",
-             "--diameter", "32", "--density", "0.2", "--label-fraction", "0.6", "--seed", "8"]
+             "--particle-diameter", "32", "--density", "0.2", "--label-fraction", "0.6", "--seed", "8"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("partial") / "data"
-    make_synthetic_dataset.main(["--out", str(root), *SYNTHETIC])
+    make_synthetic_dataset.main(["--output-dir", str(root), *SYNTHETIC])
     return root
 
 

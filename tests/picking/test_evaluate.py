@@ -152,7 +152,7 @@ def test_micrograph_selection_radius_and_diameter_defaults():
     assert narrow.curve.n_matched.max() == 3
     np.testing.assert_allclose(narrow.radius, 3.5)
     no_diameter = {stem: t * [1, 1, np.nan, 1] for stem, t in TARGETS.items()}
-    with pytest.raises(InputError, match="--diameter"):
+    with pytest.raises(InputError, match="--particle-diameter"):
         precision_recall(PICKS, no_diameter)
     assert precision_recall(PICKS, no_diameter, default_diameter=10).curve.auprc == pytest.approx(11 / 21)
 
@@ -208,7 +208,7 @@ def test_cli_star_picks_against_csv_ground_truth(tmp_path, capsys):
     output = tmp_path / "eval" / "summary.json"
     summary = evaluate_picks.main(["--picks", str(picks), "--ground-truth", str(truth), "--output", str(output)])
     written = json.loads(output.read_text())
-    assert SUMMARY_KEYS <= set(written) and written["picks_format"] == "star"
+    assert SUMMARY_KEYS <= set(written) and written["picks_format"] == "relion"
     assert written["auprc"] == pytest.approx(11 / 21) and written["best_f1"] == pytest.approx(8 / 13)
     assert (written["precision"], written["recall"], written["threshold"]) == pytest.approx((2 / 3, 4 / 7, 0.5))
     assert (written["n_targets"], written["n_picks"], written["n_ignored_picks"]) == (7, 7, 2)
@@ -263,13 +263,13 @@ def test_cli_empty_picks_and_ground_truth_without_diameters(tmp_path):
     summary = evaluate_picks.main(["--picks", str(picks), "--ground-truth", str(truth),
                                    "--output", str(tmp_path / "s.json")])
     assert summary["auprc"] == 0.0 and summary["threshold"] is None and summary["n_targets"] == 7
-    # STAR ground truth has no diameters: --diameter supplies them (else the error asks for it)
+    # STAR ground truth has no diameters: --particle-diameter supplies them (else the error asks for it)
     write_star(tmp_path / "truth.star", TARGETS)
     argv = ["--picks", str(tmp_path / "picks" / "picks.star"), "--ground-truth", str(tmp_path / "truth.star"),
             "--output", str(tmp_path / "t.json")]
     with pytest.raises(SystemExit):
         evaluate_picks.main(argv)
-    assert evaluate_picks.main(argv + ["--diameter", "10"])["auprc"] == pytest.approx(11 / 21)
+    assert evaluate_picks.main(argv + ["--particle-diameter", "10"])["auprc"] == pytest.approx(11 / 21)
 
 
 def test_cli_ground_truth_as_picks_on_empiar10017(empiar10017, tmp_path):

@@ -19,7 +19,8 @@ from models.resnet import build_model
 from picking.evaluate import precision_recall
 from picking.score import (Picker, load_picker, pick_micrograph, picks_from_score_map, rescore_at_peaks,
                            score_micrograph, square_symmetries, window_grid, window_scorer)
-from picking.writers import pick_files, record, write_combined_coco, write_picks
+from picking.writers import (FORMATS, candidates_path, per_micrograph_files, read_candidates, record,
+                             write_candidates, write_outputs)
 from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
 
 DIAMETER = 40.0
@@ -79,23 +80,26 @@ class DarkBlobScorer(torch.nn.Module):
 
 def test_coordinates_survive_every_output_format(tmp_path):
     rng = np.random.default_rng(0)
-    particles = np.column_stack([rng.uniform(0, 1000, (30, 2)), np.full(30, 90.0), rng.normal(0, 3, 30)])
-    files = write_picks(tmp_path, "mic_a", "/data/mic_a.mrc", particles, 90.0, ["star", "csv", "box", "txt"])
-    manifest = {"micrographs": []}
-    record(tmp_path, manifest, {"stem": "mic_a", "path": "/data/mic_a.mrc", "status": "done", "n_picks": 30,
-                                "width": 1000, "height": 1000})
-    coco = write_combined_coco(tmp_path, manifest)
-    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
-    tolerance = {"star": 1e-3, "csv": 1e-9, "box": 0.5, "txt": 0.5}
+    particles = np.column_stack([rng.uniform(0, 1000, (30, 2)), np.full(30, 90.0), np.sort(rng.normal(0, 3, 30))[::-1]])
+    entry = {"stem": "mic_a", "path": "/data/mic_a.mrc", "status": "done", "n_candidates": 30, "width": 1000,
+             "height": 1000, "diameter_px": 90.0}
+    manifest = {"micrographs": [], "checkpoint": "best.pt", "settings": {"relion_project_dir": str(tmp_path)}}
+    record(tmp_path, manifest, entry)
+    write_candidates(tmp_path, "mic_a", particles)
+    outputs = {"threshold": None, "picks_per_micrograph": None, "formats": list(FORMATS)}
+    write_outputs(tmp_path, manifest, {"mic_a": read_candidates(tmp_path, "mic_a")}, outputs)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {**manifest, "outputs": {**outputs, "n_picks": 30}}
+    files = {**per_micrograph_files(tmp_path, entry, FORMATS, tmp_path), "cryosparc": tmp_path / "particles.star"}
+    tolerance = {"relion": 5e-4, "cryosparc": 5e-4, "csv": 5e-4, "box": 0.5, "topaz": 0.5}
     for name, path in files.items():
         back = read_coordinates(path)["mic_a"]
         assert np.abs(back[:, :2] - particles[:, :2]).max() <= tolerance[name], name
-    for name in ("star", "csv", "txt"):
+    for name in ("relion", "cryosparc", "csv", "topaz"):
         np.testing.assert_allclose(read_coordinates(files[name])["mic_a"][:, 3], particles[:, 3], atol=1e-5)
-    table, images = read_coco(coco)
+    table, images = read_coco(tmp_path / "picks.json")
     np.testing.assert_allclose(table["mic_a"], particles, atol=1e-9)
     assert images["mic_a"]["file_name"] == "mic_a.mrc"
-    assert "mic_a.mrc" in files["star"].read_text()
+    assert "/data/mic_a.mrc" in files["cryosparc"].read_text()
 
 
 def test_ground_truth_peaks_give_auprc_one(synthetic):
@@ -113,7 +117,7 @@ def test_ground_truth_peaks_give_auprc_one(synthetic):
     bumps = -10 + 20 * np.exp(-distance2 / (2 * (DIAMETER * scale / 4) ** 2))
     score_map = torch.from_numpy(bumps.reshape(grid.rows, grid.cols)).float()
     picks = picks_from_score_map(score_map, grid, scale_xy, (SYNTHETIC.height, SYNTHETIC.width),
-                                 min_distance_px=0.5 * DIAMETER, threshold=pick_particles.DEFAULT_THRESHOLD,
+                                 min_distance_px=0.5 * DIAMETER, threshold=pick_particles.DEFAULT_CANDIDATE_THRESHOLD,
                                  diameter_px=DIAMETER)
     evaluation = precision_recall({stem: picks}, {stem: targets}, radius_fraction=0.5)
     assert evaluation.curve.auprc == 1.0
@@ -284,13 +288,12 @@ def test_rerun_skips_done_micrographs_and_repicks_deleted_ones(checkpoint, synth
     assert not (tmp_path / "overlays" / "synthetic_1.png").exists()
     again = pick_cli(checkpoint, folder, tmp_path, "--stride", "16")
     assert (again["picked"], again["skipped"]) == (0, 2)
-    pick_files(tmp_path, "synthetic_1", ["star"])["star"].unlink()
+    candidates_path(tmp_path, "synthetic_1").unlink()
     third = pick_cli(checkpoint, folder, tmp_path, "--stride", "16")
     assert (third["picked"], third["skipped"]) == (1, 1)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [(e["stem"], e["status"]) for e in manifest["micrographs"]] == [(s, "done") for s in sorted(truth)]
-    coco, _ = read_coco(tmp_path / "picks.json")
-    assert {stem: len(p) for stem, p in coco.items()} == {e["stem"]: e["n_picks"] for e in manifest["micrographs"]}
+    assert sum(len(p) for p in read_coordinates(tmp_path / "particles.star").values()) == manifest["outputs"]["n_picks"]
 
 
 @pytest.mark.slow
@@ -298,9 +301,11 @@ def test_rerun_with_other_settings_is_refused(checkpoint, synthetic, tmp_path, c
     folder, _ = synthetic
     pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path, "--stride", "16")
     with pytest.raises(SystemExit) as exit_info:
-        pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path, "--stride", "16", "--threshold", "0")
+        pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path, "--stride", "16", "--candidate-threshold", "0")
     assert exit_info.value.code == 2
-    assert "threshold" in capsys.readouterr().err
+    assert "candidate_threshold" in capsys.readouterr().err
+    again = pick_cli(checkpoint, folder / "synthetic_0.mrc", tmp_path, "--stride", "16", "--threshold", "0.5")
+    assert (again["picked"], again["skipped"], again["outputs"]["threshold"]) == (0, 1, 0.5)
 
 
 @pytest.mark.slow
@@ -394,6 +399,7 @@ def test_picks_keep_out_of_the_edge_margin(checkpoint, synthetic, tmp_path):
     folder, _ = synthetic
     margin = 60.0
     pick_cli(checkpoint, folder, tmp_path, "--stride", "8", "--edge-margin", str(margin), "--threshold=-1e9",
+             "--candidate-threshold=-1e9",
              "--formats", "csv")
     picks = read_coordinates(tmp_path / "synthetic_0.csv")["synthetic_0"]
     assert len(picks) > 20

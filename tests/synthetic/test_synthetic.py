@@ -132,16 +132,16 @@ def test_rewrite_removes_the_previous_dataset_and_refuses_other_folders(tmp_path
 
 
 def test_denoised_jpeg_dataset(tmp_path):
-    summary = make_synthetic_dataset.main(["--out", str(tmp_path), "--denoised", "--num-train", "1",
+    summary = make_synthetic_dataset.main(["--output-dir", str(tmp_path), "--denoised", "--num-train", "1",
                                            "--num-val", "0", "--num-test", "0", "--width", "256",
-                                           "--height", "192", "--diameter", "16"])
+                                           "--height", "192", "--particle-diameter", "16"])
     image = Image.open(tmp_path / "train" / "synthetic_train_000.jpg")
     assert image.mode == "L" and image.size == (256, 192)
     assert summary["config"]["format"] == "jpg" and summary["config"]["snr"] == 0.2
 
 
 @pytest.mark.parametrize("change, option", [
-    ({"diameter": 200}, "--diameter"),
+    ({"diameter": 200}, "--particle-diameter"),
     ({"density": 0.6}, "--density"),
     ({"snr": 0.0}, "--snr"),
     ({"snr": -1.0}, "--snr"),
@@ -159,7 +159,7 @@ def test_density_that_cannot_fit_is_an_input_error(tmp_path, capsys):
     with pytest.raises(InputError, match="--density .* particles"):
         write_dataset(crowded, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        make_synthetic_dataset.main(["--out", str(tmp_path), "--snr", "-1"])
+        make_synthetic_dataset.main(["--output-dir", str(tmp_path), "--snr", "-1"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: --snr -1.0")
 
@@ -197,6 +197,6 @@ def test_a_crafted_dataset_json_deletes_nothing_outside_the_folder(tmp_path, cap
     (out / "dataset.json").write_text(json.dumps({"micrographs": [
         {"split": "train", "file_name": "../../precious.txt", "stem": "x"}]}))
     with pytest.raises(SystemExit) as exit_info:
-        make_synthetic_dataset.main(["--out", str(out), "--num-train", "1", "--num-val", "0", "--num-test", "0"])
+        make_synthetic_dataset.main(["--output-dir", str(out), "--num-train", "1", "--num-val", "0", "--num-test", "0"])
     assert exit_info.value.code == 2 and victim.read_text() == "keep me"
     assert "outside the dataset's own folders" in capsys.readouterr().err

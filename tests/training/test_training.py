@@ -26,8 +26,8 @@ FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.b
 def chunks(tmp_path_factory):
     """A tiny synthetic dataset (high SNR, easy) preprocessed by the COCO PU tool, 64 px patches."""
     root = tmp_path_factory.mktemp("train_data")
-    make_synthetic_dataset.main(["--out", str(root / "syn"), "--num-train", "3", "--num-val", "1", "--num-test", "1",
-                                 "--width", "384", "--height", "384", "--diameter", "24", "--snr", "1.0",
+    make_synthetic_dataset.main(["--output-dir", str(root / "syn"), "--num-train", "3", "--num-val", "1", "--num-test", "1",
+                                 "--width", "384", "--height", "384", "--particle-diameter", "24", "--snr", "1.0",
                                  "--seed", "3"])
     out = root / "chunks"
     preprocess_coco_full_dataset.main(["--data-root", str(root / "syn"), "--output-dir", str(out), "--labels",
