@@ -50,7 +50,7 @@ from common.flags import parse_shard
 from datasets.io.coordinates import micrograph_stem
 from datasets.io.micrographs import list_micrographs, read_pixel_size
 from datasets.io.star_lists import micrographs_from_star
-from picking.rethreshold import add_output_flags, output_choice, print_outputs, write_at_threshold
+from picking.rethreshold import add_output_flags, output_choice, print_outputs, write_at_threshold, written_with
 from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, load_picker, pick_prepared,
                            pixel_size_ratio, prepare_for_picking, scoring_method)
 from picking.writers import check_own_folder, is_done, open_manifest, read_manifest, record, write_candidates
@@ -250,8 +250,10 @@ def run(args) -> dict:
         manifest, merged = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS, shard)
         check_own_folder(output_dir, merged)
         summary = pick_all(args, picker, settings, (manifest, merged, shard), mine, pixel_size)
-        if shard is None:
+        if shard is None and not (summary["picked"] == 0 and written_with(merged, choice)):
             summary["outputs"] = write_at_threshold(output_dir, merged, choice)
+        elif shard is None:
+            summary["outputs"] = None  # nothing new, and the files already hold this threshold
     if shard is not None:
         summary["outputs"] = write_if_every_shard_is_done(output_dir, paths, choice)
     return {**summary, "shard": shard}
@@ -327,6 +329,8 @@ def print_summary(summary: dict) -> None:
         print(line)
     if summary["outputs"] is not None:
         print_outputs(summary["outputs"])
+    elif summary["shard"] is None:
+        print("  pick files unchanged: nothing new was picked and they already hold this threshold")
     else:
         print(f"  shard {summary['shard'][0]}/{summary['shard'][1]} done; the last shard to finish writes the pick "
               f"files (or run threshold_picks.py --output-dir {summary['output_dir']} once all are done)")

@@ -4,14 +4,22 @@
 #
 #   ./run_full_training.sh                                   # bundled demo: synthetic micrographs, minutes on a CPU
 #   ./run_full_training.sh --data-root DIR [--config configs/pu_full_fixed.yaml] [--exp-name NAME]
+#   ./run_full_training.sh --data-root MICROGRAPHS --annotations AutoPick/job006/ [--particle-diameter PX]
 #
-# Options: --data-root DIR (CryoTransformer layout), --config YAML, --exp-name NAME, --chunks-dir DIR
+# Options: --data-root DIR (CryoTransformer layout, or one folder of micrographs), --annotations FILE|DIR
+# (your labels in any format the readers take, instead of the layout's annotations/ and particle_coordinates/:
+# COCO json, CryoPPP csv, RELION STAR / particles.star / an AutoPick or ManualPick job folder, cryoSPARC .cs,
+# crYOLO .cbox, EMAN .box, Topaz txt; they are also the evaluation's ground truth, so unlabeled particles count
+# as false picks there), --particle-diameter PX (original px; needed for labels without one: STAR, .cs, Topaz),
+# --config YAML, --exp-name NAME, --chunks-dir DIR
 # (the preprocessing output, your big disk), --experiments-dir DIR (default experiments), --device cuda|cpu,
-# --num-workers N, --expected-particles N (particles per micrograph, labeled or not: sets pi on your data),
+# --num-workers N, --expected-particles N (particles per micrograph, labeled or not: sets pi on your data,
+# and the pick threshold keeps as many),
 # --redo-preprocessing (start the chunks over, e.g. after changing the data root or config); demo only:
 # --synthetic-dir DIR (default data/synthetic) and --synthetic-args "FLAGS" (to make_synthetic_dataset.py).
 # Every stage checks its own outputs: a rerun skips finished stages and resumes an interrupted one.
-# Logs: experiments/<exp-name>/logs/<stage>.log
+# Logs: experiments/<exp-name>/logs/<stage>.log. The test micrographs picked: <data-root>/test/, else the
+# test split the preprocessing drew from one folder (listed in experiments/<exp-name>/test_micrographs.txt).
 set -euo pipefail
 CALLER_DIR=$PWD
 abs() { if [[ "$1" = /* ]]; then echo "$1"; else echo "${CALLER_DIR}/$1"; fi; }  # paths given by the user
@@ -19,10 +27,13 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 
 DATA_ROOT="" CONFIG="" EXP_NAME="" CHUNKS_DIR="" DEVICE="" NUM_WORKERS=2 EXPECTED="" EXPERIMENTS=experiments
+ANNOTATIONS="" DIAMETER=""
 SYNTHETIC_DIR=data/synthetic SYNTHETIC_ARGS="" REDO_FLAG=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data-root) DATA_ROOT=$(abs "$2"); shift 2 ;;
+    --annotations) ANNOTATIONS=$(abs "$2"); shift 2 ;;
+    --particle-diameter) DIAMETER=$2; shift 2 ;;
     --config) CONFIG=$(abs "$2"); shift 2 ;;
     --exp-name) EXP_NAME=$2; shift 2 ;;
     --chunks-dir) CHUNKS_DIR=$(abs "$2"); shift 2 ;;
@@ -33,7 +44,7 @@ while [[ $# -gt 0 ]]; do
     --synthetic-dir) SYNTHETIC_DIR=$(abs "$2"); shift 2 ;;
     --synthetic-args) SYNTHETIC_ARGS=$2; shift 2 ;;
     --redo-preprocessing) REDO_FLAG=(--no-resume); shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -53,6 +64,8 @@ RUN_DIR=${EXPERIMENTS}/${EXP_NAME}
 LOGS=${RUN_DIR}/logs
 mkdir -p "$LOGS"
 DEVICE_FLAG=(); [[ -n "$DEVICE" ]] && DEVICE_FLAG=(--device "$DEVICE")
+LABELS_FLAG=(); [[ -n "$ANNOTATIONS" ]] && LABELS_FLAG=(--annotations "$ANNOTATIONS")
+DIAMETER_FLAG=(); [[ -n "$DIAMETER" ]] && DIAMETER_FLAG=(--particle-diameter "$DIAMETER")
 
 stage() {  # stage NAME COMMAND...: run with its log; stop the pipeline with the stage's name on failure
   local name=$1; shift
@@ -69,7 +82,7 @@ if [[ $DEMO == 1 ]]; then
   if [[ -f "${DATA_ROOT}/dataset.json" ]]; then skip synthetic_data "${DATA_ROOT}/dataset.json"
   else
     # shellcheck disable=SC2086  # SYNTHETIC_ARGS is a list of flags
-    stage synthetic_data "$PYTHON" make_synthetic_dataset.py --out "$DATA_ROOT" --num-workers "$NUM_WORKERS" \
+    stage synthetic_data "$PYTHON" make_synthetic_dataset.py --output-dir "$DATA_ROOT" --num-workers "$NUM_WORKERS" \
         $SYNTHETIC_ARGS
   fi
 fi
@@ -78,7 +91,7 @@ fi
 # for a finished one, and refuses chunks made from another data root or config (--redo-preprocessing
 # starts them over)
 stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
-  --num-workers "$NUM_WORKERS" "${LABEL_FLAGS[@]}" "${REDO_FLAG[@]}"
+  --num-workers "$NUM_WORKERS" "${LABEL_FLAGS[@]}" "${LABELS_FLAG[@]}" "${DIAMETER_FLAG[@]}" "${REDO_FLAG[@]}"
 
 # 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json
 if [[ -f "${RUN_DIR}/results.json" ]]; then skip train "${RUN_DIR}/results.json"
@@ -87,19 +100,30 @@ else
     --output-root "$EXPERIMENTS" --use-data-prior "${DEVICE_FLAG[@]}"
 fi
 
-# 3. picking on the test micrographs (a rerun skips micrographs already picked)
-stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micrographs "${DATA_ROOT}/test" \
-  --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}"
+# 3. picking on the test micrographs (a rerun skips micrographs already picked): test/, else the test split
+# of one folder, from the chunks' micrograph table
+TEST_MICROGRAPHS=${DATA_ROOT}/test
+if [[ ! -d "$TEST_MICROGRAPHS" ]]; then
+  TEST_MICROGRAPHS=${RUN_DIR}/test_micrographs.txt
+  "$PYTHON" -c 'import json, sys
+for m in json.load(open(sys.argv[1]))["micrographs"]:
+    if m["split"] == "test" and m.get("status") != "skipped": print(m["path"])' \
+    "${CHUNKS_DIR}/metadata.json" > "$TEST_MICROGRAPHS"
+fi
+PICK_COUNT_FLAG=(); [[ -n "$EXPECTED" ]] && PICK_COUNT_FLAG=(--expected-particles "$EXPECTED")
+stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micrographs "$TEST_MICROGRAPHS" \
+  --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}" "${PICK_COUNT_FLAG[@]}"
 
-# 4. pick-level evaluation against every particle (ground_truth/ when the data has it)
+# 4. pick-level evaluation against every particle (ground_truth/ when the data has it), else the labels
 GROUND_TRUTH=${DATA_ROOT}/annotations/instances_test.json
 [[ -f "$GROUND_TRUTH" ]] || GROUND_TRUTH=${DATA_ROOT}/particle_coordinates
+[[ -n "$ANNOTATIONS" ]] && GROUND_TRUTH=$ANNOTATIONS
 [[ -d "${DATA_ROOT}/ground_truth" ]] && GROUND_TRUTH=${DATA_ROOT}/ground_truth
 if [[ "${RUN_DIR}/pick_eval/summary.json" -nt "${RUN_DIR}/picks/manifest.json" ]]; then
   skip evaluate "${RUN_DIR}/pick_eval/summary.json"
 else
   stage evaluate "$PYTHON" evaluate_picks.py --picks "${RUN_DIR}/picks" --ground-truth "$GROUND_TRUTH" \
-    --output "${RUN_DIR}/pick_eval/summary.json"
+    --output "${RUN_DIR}/pick_eval/summary.json" "${DIAMETER_FLAG[@]}"
 fi
 
 echo

@@ -87,6 +87,14 @@ def draw_overlays(output_dir, entries: list[dict], picks: dict) -> None:
         save_overlay_png(image, picks[entry["stem"]][:, :2], entry["diameter_px"], path)
 
 
+def written_with(manifest: dict, choice: OutputChoice) -> bool:
+    """True where the folder's files were last written at exactly `choice`."""
+    outputs = manifest.get("outputs") or {}
+    asked = {**asdict(choice), "formats": sorted(set(choice.formats)), "requested_threshold": choice.threshold}
+    asked.pop("threshold")
+    return bool(outputs) and all(outputs.get(key) == value for key, value in asked.items())
+
+
 def write_at_threshold(output_dir, manifest: dict, choice: OutputChoice) -> dict:
     """Every output of the folder at `choice`; returns what was written (threshold, how, counts, files)."""
     entries = done_entries(manifest)
@@ -95,8 +103,8 @@ def write_at_threshold(output_dir, manifest: dict, choice: OutputChoice) -> dict
     candidates = {entry["stem"]: read_candidates(output_dir, entry["stem"]) for entry in entries}
     scores = np.concatenate([c[:, 3] for c in candidates.values()])
     threshold, method = chosen_threshold(choice, scores, len(entries))
-    outputs = {**asdict(choice), "formats": sorted(set(choice.formats)), "threshold": threshold,
-               "threshold_method": method}
+    outputs = {**asdict(choice), "formats": sorted(set(choice.formats)), "requested_threshold": choice.threshold,
+               "threshold": threshold, "threshold_method": method}
     picks = write_outputs(output_dir, manifest, candidates, outputs)
     n_picks = int(sum(len(p) for p in picks.values()))
     shown = threshold if threshold is not None else float(scores.min(initial=0.0))
