@@ -51,8 +51,8 @@ from datasets.io.coordinates import micrograph_stem
 from datasets.io.micrographs import list_micrographs, read_pixel_size
 from datasets.io.star_lists import micrographs_from_star
 from picking.rethreshold import add_output_flags, output_choice, print_outputs, write_at_threshold, written_with
-from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, load_picker, pick_prepared,
-                           pixel_size_ratio, prepare_for_picking, scoring_method)
+from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, default_stride, load_picker,
+                           pick_prepared, pixel_size_ratio, prepare_for_picking, scoring_method)
 from picking.writers import check_own_folder, is_done, open_manifest, read_manifest, record, write_candidates
 
 DEFAULT_CANDIDATE_THRESHOLD = -6.0
@@ -179,9 +179,7 @@ def pick_settings(args, picker, device) -> dict:
     the folder's old picks instead of counting them as done.
     """
     facts, input_size = picker.facts, picker.spec.input_size
-    factor = max(1, facts.patch_size // input_size)
-    rescaled_diameter = facts.particle_diameter_px * facts.scale
-    stride = args.stride or max(factor, int(round(rescaled_diameter / 4 / factor)) * factor)
+    stride = args.stride or default_stride(facts, picker.spec)
     precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     return {"checkpoint_sha256": file_sha256(args.checkpoint), "stride": stride, "peak_rescore": args.peak_rescore,
             "peak_symmetries": args.peak_symmetries or (DEFAULT_PEAK_SYMMETRIES if args.peak_rescore else 1),

@@ -353,15 +353,26 @@ def pick_micrograph(picker: Picker, path, **options) -> np.ndarray:
     return pick_prepared(picker, prepare_for_picking(path, picker.facts), **options)
 
 
+def default_stride(facts: PreprocessingFacts, spec: NetworkInput) -> int:
+    """The picking stride: a quarter of the rescaled particle diameter, a multiple of patch_size / input_size
+    (so the downsampled scoring applies)."""
+    factor = max(1, facts.patch_size // spec.input_size)
+    return max(factor, int(round(facts.particle_diameter_px * facts.scale / 4 / factor)) * factor)
+
+
+def picker_from_model(model: torch.nn.Module, facts: PreprocessingFacts, spec: NetworkInput, device) -> Picker:
+    """A Picker of `model` (a copy with each BatchNorm folded into the convolution before it, in eval mode
+    on `device`): the same function, one pass fewer over every feature map."""
+    return Picker(prepare_model(fold_batch_norm(model.eval()), device), facts, spec)
+
+
 def load_picker(path, device) -> Picker:
     """The Picker of one of our checkpoints, its model on `device` in eval mode.
 
     The weights are those that were evaluated (`evaluated_model`: the weight average, else the EMA
-    teacher, else the trained model). Each BatchNorm is folded into the convolution before it
-    (`torch.fx` fuse): the same function, one pass fewer over every feature map.
+    teacher, else the trained model), BatchNorms folded (`picker_from_model`).
     """
     checkpoint = load_checkpoint(path)
     facts = PreprocessingFacts.from_dict(checkpoint.get("preprocessing"), f"checkpoint {path}")
     spec = checkpoint_network_input(checkpoint, path)
-    model = prepare_model(fold_batch_norm(evaluated_model(checkpoint, path).eval()), device)
-    return Picker(model, facts, spec)
+    return picker_from_model(evaluated_model(checkpoint, path), facts, spec, device)

@@ -4,10 +4,12 @@
 it exists, trains epoch by epoch (exact-ratio PU batches, augmentation on the device, bf16 autocast
 and channels_last on CUDA, DDP under torchrun), evaluates on val after each epoch, keeps best.pt by
 val AUC with early stopping, checks the warning signs of training/health.py, and writes TensorBoard events,
-metrics.jsonl and, at the end, results.json with the best checkpoint's val and test metrics.
+metrics.jsonl and, at the end, results.json with the best checkpoint's val and test metrics; rank 0 also
+logs training/visuals.py's PR curve, patch grids and picks preview, and shows a progress bar per epoch.
 """
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from common.config import diff_keys, save_config
 from common.errors import InputError
@@ -32,8 +35,12 @@ from models.input import NetworkInput, network_input
 from training.data import TrainBatches, eval_subset
 from training.health import TrainingDiverged, check_finite, health_warnings
 from training.metrics import best_f1_threshold, patch_metrics, threshold_metrics
+from training.visuals import (Visuals, build_visuals, check_visual_settings, log_picks_preview, log_pr_curve,
+                              log_unlabeled_grids)
 
-RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.early_stopping_patience"}
+RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.early_stopping_patience",
+                     "training.unlabeled_grid_size", "training.unlabeled_grid_pool", "training.picks_preview_every"}
+POSTFIX_EVERY = 10  # steps between updates of the progress bar's loss and mask rate (each one a host sync)
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Run:
     rank: int = 0
     world_size: int = 1
     writer: SummaryWriter | None = None
+    visuals: Visuals | None = None  # rank 0's
     progress: dict = field(default_factory=dict)
 
     @property
@@ -118,6 +126,7 @@ def build_optimizer(model, opt_cfg, total_steps, steps_per_epoch, budget_used=No
 
 def build_run(config, run_dir, device, facts, prior, rank=0, world_size=1, num_workers=0):
     data_cfg, train_cfg = config["data"], config["training"]
+    check_visual_settings(train_cfg)
     spec = NetworkInput.for_patches(data_cfg["input_size"], data_cfg["normalization"], facts.patch_size,
                                     facts.clip_sigma)
     eval_sets = {split: eval_subset(data_cfg["data_dir"], split, data_cfg["max_eval_samples"], train_cfg["seed"])
@@ -246,28 +255,48 @@ def _mean_parts(accumulated, n):
     return {k: float(v) / n for k, v in accumulated.items()}
 
 
+def progress_bar(run, epoch, skip):
+    """Rank 0's tqdm bar over the epoch's steps (steps/s); redrawn each second on a terminal, each minute
+    into a log file."""
+    return tqdm(total=run.batches.steps, initial=skip, desc=f"epoch {epoch + 1}", unit="step",
+                disable=not run.main, mininterval=1.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)
+
+
+def show_epoch_means(bar, epoch_sum, n):
+    """The epoch's mean loss and mask rate so far as the bar's postfix, every POSTFIX_EVERY steps."""
+    if bar.disable or n % POSTFIX_EVERY:
+        return
+    means = {"loss": f"{float(epoch_sum['loss']) / n:.4f}"}
+    if "mask_rate" in epoch_sum:
+        means["mask_rate"] = f"{float(epoch_sum['mask_rate']) / n:.1%}"
+    bar.set_postfix(means, refresh=False)
+
+
 def train_epoch(run, epoch, skip, budget):
     """Steps of one epoch (from `skip`); returns the epoch's mean parts and whether time ran out."""
     log_every, ckpt_every = run.config["training"]["log_every"], run.config["training"]["checkpoint_every"]
     epoch_sum, window_sum, window_n, n = {}, {}, 0, 0
     step_in_epoch = skip
-    for batch in run.batches.epoch(epoch, skip):
-        parts = train_step(run, batch)
-        for key, value in parts.items():
-            epoch_sum[key] = epoch_sum.get(key, 0) + value
-            window_sum[key] = window_sum.get(key, 0) + value
-        n, window_n, step_in_epoch = n + 1, window_n + 1, step_in_epoch + 1
-        run.progress["step"] += 1
-        if window_n == log_every:
-            log_train_window(run, _mean_parts(window_sum, window_n))
-            window_sum, window_n = {}, 0
-        if ckpt_every and run.progress["step"] % ckpt_every == 0:
-            check_finite(float(parts["loss"]), run.progress["step"])
-            run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
-            run.progress["epoch_started"] = time.time()
-            save_state(run, "last.pt", epoch, step_in_epoch)
-        if math.isfinite(budget) and budget_used(run, budget) >= 1.0:
-            return _mean_parts(epoch_sum, max(n, 1)), True
+    with progress_bar(run, epoch, skip) as bar:
+        for batch in run.batches.epoch(epoch, skip):
+            parts = train_step(run, batch)
+            for key, value in parts.items():
+                epoch_sum[key] = epoch_sum.get(key, 0) + value
+                window_sum[key] = window_sum.get(key, 0) + value
+            n, window_n, step_in_epoch = n + 1, window_n + 1, step_in_epoch + 1
+            run.progress["step"] += 1
+            bar.update()
+            show_epoch_means(bar, epoch_sum, n)
+            if window_n == log_every:
+                log_train_window(run, _mean_parts(window_sum, window_n))
+                window_sum, window_n = {}, 0
+            if ckpt_every and run.progress["step"] % ckpt_every == 0:
+                check_finite(float(parts["loss"]), run.progress["step"])
+                run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
+                run.progress["epoch_started"] = time.time()
+                save_state(run, "last.pt", epoch, step_in_epoch)
+            if math.isfinite(budget) and budget_used(run, budget) >= 1.0:
+                return _mean_parts(epoch_sum, max(n, 1)), True
     return _mean_parts(epoch_sum, max(n, 1)), False
 
 
@@ -306,6 +335,14 @@ def log_train_window(run, means):
     run.writer.add_scalar("lr", run.optimizer.param_groups[0]["lr"], step)
 
 
+def batch_logits(run, model, patches):
+    """float32 logits [B] of uint8 patches, through the network input path of training (eval mode, no grad
+    assumed: under `predict` or `patch_logits`)."""
+    x = channels_last(run, model_input(run, patches))
+    with autocast(run):
+        return model(x).float()
+
+
 @torch.inference_mode()
 def predict(run, model, dataset, indices):
     """Particle probabilities of the samples `indices`, and their true labels."""
@@ -313,11 +350,33 @@ def predict(run, model, dataset, indices):
     batch_size, scores, truth = run.config["training"]["eval_batch_size"], [], []
     for start in range(0, len(indices), batch_size):
         batch = dataset.get_batch(indices[start:start + batch_size])
-        x = channels_last(run, model_input(run, batch["patches"]))
-        with autocast(run):
-            scores.append(torch.sigmoid(model(x).float()).cpu())
+        scores.append(torch.sigmoid(batch_logits(run, model, batch["patches"])).cpu())
         truth.append(batch["true_label"].long())
     return torch.cat(scores).numpy(), torch.cat(truth).numpy()
+
+
+@torch.inference_mode()
+def patch_logits(run, model, patches):
+    """float32 logits [N] (on the CPU) of uint8 patches [N, S, S] held in memory, in eval batches."""
+    model.eval()
+    batch_size = run.config["training"]["eval_batch_size"]
+    return torch.cat([batch_logits(run, model, patches[start:start + batch_size]).cpu()
+                      for start in range(0, len(patches), batch_size)])
+
+
+def log_visuals(run, epoch, val_scores, val_truth):
+    """Rank 0, after each evaluation, of the evaluated network: val's PR curve (from the scores just
+    computed), the unlabeled patch grids and, every training.picks_preview_every epochs, the picks preview."""
+    cfg, step, model = run.config["training"], run.progress["step"], run.evaluated
+    log_pr_curve(run.writer, val_scores, val_truth, step)
+    if run.visuals.pool is not None:
+        logits = patch_logits(run, model, run.visuals.pool.patches)
+        log_unlabeled_grids(run.writer, run.visuals.pool, logits, cfg["unlabeled_grid_size"],
+                            run.network_input.input_size, step)
+    if run.visuals.preview is not None and (epoch + 1) % cfg["picks_preview_every"] == 0:
+        bf16 = run.device.type == "cuda" and cfg["amp"]
+        log_picks_preview(run.writer, run.visuals.preview, model, run.facts, run.network_input, run.device, bf16,
+                          step)
 
 
 def evaluate(run, model, split, best_threshold=None):
@@ -458,10 +517,12 @@ def train(run, start_epoch, skip):
         check_finite(parts.get("loss", 0.0), run.progress["step"])
         run.progress["train_seconds"] += time.time() - run.progress.pop("epoch_started")
         averaging_started = fold_into_average(run)
-        val, _, _ = evaluate(run, run.evaluated, "val")
+        val, val_scores, val_truth = evaluate(run, run.evaluated, "val")
         if math.isnan(val["auc"]):
             raise InputError("the val split holds only one class of true labels, so val AUC is undefined; "
                              "preprocess with val micrographs that have particles and background")
+        if run.main:
+            log_visuals(run, epoch, val_scores, val_truth)
         if agreed(run, end_epoch(run, epoch, parts, val, averaging_started)):
             run.progress["stopped"] = f"early stopping after epoch {epoch + 1}"
             break
@@ -556,6 +617,7 @@ def _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers):
         if run.main:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {run.progress['step']}")
     if run.main:
+        run.visuals = build_visuals(config, facts)
         save_config(config, run_dir / "config.yaml")
         run.writer = SummaryWriter(str(run_dir), purge_step=run.progress["step"] or None)
     try:
