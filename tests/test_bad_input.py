@@ -1,5 +1,6 @@
-"""Every row of the README's bad-input table, run through the tool a user would run: exit status 2 and
-one line that names the problem, and nothing written where the tool refused to start."""
+"""Every row of the bad-input table (docs/troubleshooting.md, linked from the README), run through the tool a
+user would run: exit status 2 and one line that names the problem, and nothing written where the tool refused
+to start."""
 import json
 import re
 from contextlib import nullcontext
@@ -205,8 +206,9 @@ CASES = {
 
 
 def readme_rows():
-    """First cells of the README's bad-input table (the rows between its header and the next blank line)."""
-    text = (REPO / "README.md").read_text()
+    """First cells of the bad-input table the README links to (the rows between its header and the next blank
+    line)."""
+    text = (REPO / "docs" / "troubleshooting.md").read_text() + "\n"
     table = text[text.index("| bad input |"):]
     table = table[:table.index("\n\n")]
     return [re.match(r"\| ([^|]+?) \|", line).group(1) for line in table.splitlines()[2:]]
