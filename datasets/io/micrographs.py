@@ -86,11 +86,9 @@ def read_pixel_size(path):
     path = Path(path)
     if path.suffix.lower() not in MRC_EXTENSIONS:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                size = float(mrc.voxel_size.x)
+    try:  # strict: a damaged header raises instead of warning (warning filters are not thread-safe)
+        with mrcfile.open(path, header_only=True) as mrc:
+            size = float(mrc.voxel_size.x)
     except DECODE_ERRORS + (AttributeError,):
         return None
     return size if np.isfinite(size) and size > 0 else None
