@@ -31,7 +31,7 @@ from common.files import atomic_write_json
 from common.flags import add_renamed_argument
 from datasets.io.coordinates import micrograph_stem, read_coordinates
 from picking.evaluate import precision_recall, save_pr_curve_png
-from picking.writers import CANDIDATES, MANIFEST, OLD_FORMAT_NAMES, manifest_files, read_candidates
+from picking.writers import CANDIDATES, COMBINED, MANIFEST, OLD_FORMAT_NAMES, manifest_files, read_candidates
 
 FORMATS = {"relion": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
 CURVE_POINTS = 1000
@@ -56,7 +56,8 @@ def get_args_parser():
 
 def pick_files(folder: Path, fmt: str | None) -> tuple[str, list[Path]]:
     """The format to read from a picks folder and its files: --format, else the first scored format present."""
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith("manifest")]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith("manifest")
+             and p.name != COMBINED["cryosparc"]]  # our particles.star repeats autopick.star's picks
     by_format = {name: [p for p in files if p.suffix.lower() in ext] for name, ext in FORMATS.items()}
     if fmt is None:
         fmt = next((name for name in FORMATS if by_format[name]), None)

@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from common.errors import InputError, exit_on_input_error
-from common.files import LOCK_FILE, file_sha256, folder_lock
+from common.files import LOCK_FILE, FolderBusy, file_sha256, folder_lock
 from common.flags import parse_shard
 from datasets.io.coordinates import micrograph_stem
 from datasets.io.micrographs import list_micrographs, read_pixel_size
@@ -188,7 +188,7 @@ def pick_settings(args, picker, device) -> dict:
             "training_pixel_size": facts.pixel_size_angstrom, "pixel_size": args.pixel_size,
             "scoring": scoring_method(facts.patch_size, input_size, stride, args.scoring),
             "precision": precision, "device": str(device), "batch_size": args.batch_size,
-            "relion_project_dir": str(Path(args.relion_project_dir).resolve())}
+            "relion_project_dir": str(Path(args.relion_project_dir).absolute())}
 
 
 def pick_one(picker, settings, path, micrograph) -> tuple[dict, object]:
@@ -203,7 +203,7 @@ def pick_one(picker, settings, path, micrograph) -> tuple[dict, object]:
                                method=settings["scoring"], bf16=settings["precision"] == "bf16",
                                rescore_peaks=settings["peak_rescore"], peak_symmetries=settings["peak_symmetries"])
     height, width = micrograph.original_shape
-    entry = {"stem": micrograph_stem(path), "path": str(Path(path).resolve()), "status": "done",
+    entry = {"stem": micrograph_stem(path), "path": str(Path(path).absolute()), "status": "done",
              "n_candidates": len(candidates), "width": width, "height": height, "pixel_size": micrograph.pixel_size,
              "size_ratio": micrograph.size_ratio, "diameter_px": diameter, "seconds": time.perf_counter() - started}
     return entry, candidates
@@ -233,7 +233,7 @@ def pick_device(args) -> torch.device:
 
 def run(args) -> dict:
     check_options(args)
-    choice = output_choice(args)
+    output_choice(args)  # bad output flags are refused before the model loads
     shard = parse_shard(args.shard) if args.shard else torchrun_shard()
     paths, star_pixel_size = resolve_micrographs(args.micrographs)
     mine = paths if shard is None else paths[shard[0]::shard[1]]
@@ -247,14 +247,28 @@ def run(args) -> dict:
     with folder_lock(output_dir, "pick_particles", shared=shard is not None), shard_lock:
         manifest, merged = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS, shard)
         check_own_folder(output_dir, merged)
+        choice = output_choice(args, merged.get("outputs"), keep_threshold=True)
         summary = pick_all(args, picker, settings, (manifest, merged, shard), mine, pixel_size)
+        if shard is None:
+            check_something_picked(merged, mine)
         if shard is None and not (summary["picked"] == 0 and written_with(merged, choice)):
             summary["outputs"] = write_at_threshold(output_dir, merged, choice)
         elif shard is None:
             summary["outputs"] = None  # nothing new, and the files already hold this threshold
     if shard is not None:
         summary["outputs"] = write_if_every_shard_is_done(output_dir, paths, choice)
+        check_something_picked(merged, mine)
     return {**summary, "shard": shard}
+
+
+def check_something_picked(merged, paths) -> None:
+    """Exit 2 when none of this process's micrographs has candidates (every one failed, now or before)."""
+    stems = {micrograph_stem(path) for path in paths}
+    entries = [e for e in merged["micrographs"] if e["stem"] in stems]
+    if paths and not any(e["status"] == "done" for e in entries):
+        first = next((e for e in entries if e["status"] == "failed"), None)
+        reason = first["reason"] if first else "no micrograph was read"
+        raise InputError(f"none of the {len(paths)} micrographs could be picked (e.g. {reason})")
 
 
 def write_if_every_shard_is_done(output_dir, paths, choice) -> dict | None:
@@ -266,7 +280,7 @@ def write_if_every_shard_is_done(output_dir, paths, choice) -> dict | None:
             finished = {e["stem"] for e in merged["micrographs"] if e["status"] in ("done", "failed")}
             if all(micrograph_stem(path) in finished for path in paths):
                 return write_at_threshold(output_dir, merged, choice)
-    except InputError:
+    except FolderBusy:
         pass  # another shard holds the folder: it is still picking, and the last one writes the files
     return None
 
@@ -281,7 +295,7 @@ def pick_all(args, picker, settings, manifests, paths, pixel_size) -> dict:
     started = time.perf_counter()
     prepared = read_ahead(todo, picker.facts, pixel_size, args.force)
     for path, micrograph in tqdm(prepared, total=len(todo), desc="picking", unit="micrograph"):
-        entry = {"stem": micrograph_stem(path), "path": str(Path(path).resolve())}
+        entry = {"stem": micrograph_stem(path), "path": str(Path(path).absolute())}
         if isinstance(micrograph, InputError):
             warnings.warn(str(micrograph))
             entry.update(status="failed", reason=str(micrograph))
@@ -294,10 +308,6 @@ def pick_all(args, picker, settings, manifests, paths, pixel_size) -> dict:
         counts["picked" if entry["status"] == "done" else "failed"] += 1
         record(output_dir, manifest, entry, shard, merged)
     seconds = time.perf_counter() - started
-    if todo and not counts["picked"]:
-        tried = {micrograph_stem(p) for p in todo}
-        first = next(e for e in manifest["micrographs"] if e["status"] == "failed" and e["stem"] in tried)
-        raise InputError(f"none of the {len(todo)} micrographs could be picked (e.g. {first['reason']})")
     return {"output_dir": str(output_dir), "micrographs": len(paths), "skipped": len(paths) - len(todo),
             **counts, "seconds": seconds, "pixel_sizes": ratios,
             "seconds_per_micrograph": seconds / counts["picked"] if counts["picked"] else None,

@@ -72,6 +72,10 @@ def atomic_write(path, mode="wb"):
         yield handle
 
 
+class FolderBusy(InputError):
+    """Another process holds the folder's lock."""
+
+
 @contextlib.contextmanager
 def folder_lock(folder, tool, shared=False, name=LOCK_FILE):
     """Hold an advisory lock (fcntl.flock on `<folder>/<name>`, `.lock` by default) while `tool` writes `folder`:
@@ -91,8 +95,8 @@ def folder_lock(folder, tool, shared=False, name=LOCK_FILE):
             fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise InputError(f"{folder} is being written by {holder}; wait for it to finish or choose another "
+            holder = handle.readline().strip() or "another process"
+            raise FolderBusy(f"{folder} is being written by {holder}; wait for it to finish or choose another "
                              f"output folder") from None
         if not shared:
             handle.seek(0)

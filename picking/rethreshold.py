@@ -51,18 +51,26 @@ def output_formats(formats) -> tuple:
     return tuple(dict.fromkeys(OLD_FORMAT_NAMES.get(name, name) for name in formats)) if formats else DEFAULT_FORMATS
 
 
-def output_choice(args, previous: dict | None = None) -> OutputChoice:
-    """The outputs asked for on the command line (bad numbers refused); what a rethreshold does not say
-    about formats and overlays is kept from `previous`."""
+def output_choice(args, previous: dict | None = None, keep_threshold: bool = False) -> OutputChoice:
+    """The outputs asked for on the command line (bad numbers and a threshold beside a count refused); what
+    it does not say about formats and overlays (and, with `keep_threshold`, about the threshold) is kept from
+    `previous`, the folder's last outputs."""
     for name in ("expected_particles", "picks_per_micrograph", "overlays"):
         value = getattr(args, name)
         if value is not None and (value < 0 if name == "overlays" else value <= 0):
             raise InputError(f"--{name.replace('_', '-')} {value:g} must be "
                              f"{'zero or more' if name == 'overlays' else 'positive'}")
+    if args.threshold is not None and args.expected_particles is not None:
+        raise InputError(f"--threshold {args.threshold:g} and --expected-particles {args.expected_particles:g} both "
+                         f"choose the threshold; pass one of them")
     previous = previous or {}
     formats = output_formats(args.formats) if args.formats else tuple(previous.get("formats", DEFAULT_FORMATS))
     overlays = args.overlays if args.overlays is not None else previous.get("overlays", 0)
-    return OutputChoice(args.threshold, args.expected_particles, args.picks_per_micrograph, formats, overlays)
+    asked = (args.threshold, args.expected_particles, args.picks_per_micrograph)
+    if keep_threshold and asked == (None, None, None):
+        asked = tuple(previous.get(key) for key in ("requested_threshold", "expected_particles",
+                                                     "picks_per_micrograph"))
+    return OutputChoice(*asked, formats, overlays)
 
 
 def chosen_threshold(choice: OutputChoice, scores: np.ndarray, n_micrographs: int) -> tuple[float | None, str]:
@@ -74,9 +82,12 @@ def chosen_threshold(choice: OutputChoice, scores: np.ndarray, n_micrographs: in
     return suggestion.threshold, suggestion.method
 
 
-def draw_overlays(output_dir, entries: list[dict], picks: dict) -> None:
-    """overlays/<stem>.png: the written picks of each entry on its micrograph (skipped where it is unreadable)."""
-    for entry in entries:
+def draw_overlays(output_dir, entries: list[dict], picks: dict, count: int) -> None:
+    """overlays/<stem>.png: the written picks of the first `count` entries on their micrographs (skipped where
+    one is unreadable); the overlays of the others are removed, so none shows an older threshold."""
+    for entry in entries[count:]:
+        (Path(output_dir) / "overlays" / f"{entry['stem']}.png").unlink(missing_ok=True)
+    for entry in entries[:count]:
         try:
             image = read_micrograph(entry["path"])
         except InputError as error:
@@ -111,7 +122,7 @@ def write_at_threshold(output_dir, manifest: dict, choice: OutputChoice) -> dict
     label = (f"{len(scores):,} candidates, {len(entries)} micrographs: threshold {shown:.2f} ({method}), "
              f"{n_picks:,} picks")
     save_score_histogram_png(Path(output_dir) / HISTOGRAM, scores, shown, label)
-    draw_overlays(output_dir, entries[:choice.overlays], picks)
+    draw_overlays(output_dir, entries, picks, choice.overlays)
     return {"threshold": threshold, "threshold_method": method, "n_candidates": int(len(scores)),
             "n_picks": n_picks, "n_micrographs": len(entries), "picks_per_micrograph_mean": n_picks / len(entries),
             "histogram": str(Path(output_dir) / HISTOGRAM), "formats": outputs["formats"]}

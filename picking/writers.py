@@ -57,8 +57,8 @@ def read_candidates(output_dir, stem: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise InputError(f"cannot read the candidates {path} ({error}); delete that micrograph's entry by "
-                         f"picking it again into a new --output-dir") from error
+        raise InputError(f"cannot read the candidates {path} ({error}); delete that file and rerun the same "
+                         f"pick_particles.py command: it picks that micrograph again") from error
 
 
 def select_picks(candidates: np.ndarray, threshold: float | None, picks_per_micrograph: int | None) -> np.ndarray:
@@ -143,7 +143,7 @@ def write_combined(output_dir, entries: list[dict], picks: dict, formats, projec
     output_dir, project_dir = Path(output_dir), Path(project_dir)
     if "relion" in formats:
         rows = [(project_path(Path(e["path"]), project_dir),
-                 project_path(relion_star_path(output_dir, e, project_dir).resolve(), project_dir)) for e in entries]
+                 project_path(relion_star_path(output_dir, e, project_dir).absolute(), project_dir)) for e in entries]
         atomic_write_text(output_dir / COMBINED["relion"], star_text(
             "coordinate_files", ["rlnMicrographName", "rlnMicrographCoordinates"], "%s\t%s\n", rows))
     if "cryosparc" in formats:
@@ -274,7 +274,7 @@ def own_files(output_dir, manifest: dict) -> set[str]:
     for entry in manifest["micrographs"]:
         files = per_micrograph_files(output_dir, entry, FORMATS, project_dir).values()
         names |= {path.relative_to(output_dir).as_posix() for path in files}
-        names |= {path.relative_to(output_dir).parent.as_posix() for path in files}
+        names |= {parent.as_posix() for path in files for parent in path.relative_to(output_dir).parents}
         names |= {f"{CANDIDATES}/{entry['stem']}.npy", f"overlays/{entry['stem']}.png"}
     return names | {name + ".tmp" for name in names}
 

@@ -81,15 +81,19 @@ def _read_image(path):
 
 
 def read_pixel_size(path):
-    """Å per pixel from an MRC header (mrcfile's voxel size), or None: not an MRC file, 0 (unset), or a
-    header that cannot be read (reading the pixels then names the damage)."""
+    """Å per pixel from an MRC header (mrcfile's voxel size), or None: not an MRC file, 0 (unset), exactly 1
+    with the cell equal to the grid (what writers put when they know no pixel size), or a header that cannot
+    be read (reading the pixels then names the damage)."""
     path = Path(path)
     if path.suffix.lower() not in MRC_EXTENSIONS:
         return None
     try:  # strict: a damaged header raises instead of warning (warning filters are not thread-safe)
         with mrcfile.open(path, header_only=True) as mrc:
             size = float(mrc.voxel_size.x)
+            placeholder = float(mrc.header.cella.x) == float(mrc.header.mx) and size == 1.0
     except DECODE_ERRORS + (AttributeError,):
+        return None
+    if placeholder:
         return None
     return size if np.isfinite(size) and size > 0 else None
 

@@ -227,3 +227,56 @@ def test_a_relion_micrograph_star_is_a_micrograph_list_with_its_pixel_size(proje
     summary = pick_cli(checkpoint, star, tmp_path / "picks", "--stride", "16")
     entries = json.loads((tmp_path / "picks" / "manifest.json").read_text())["micrographs"]
     assert summary["picked"] == 2 and [e["pixel_size"] for e in entries] == [0.9, 0.9]
+
+
+def test_a_rerun_accepts_its_own_nested_relion_folders_and_keeps_a_later_rethreshold(project, tmp_path):
+    root, checkpoint = project
+    out = tmp_path / "picks"
+    movies = root / "MotionCorr" / "job002" / "Movies"
+    pick_cli(checkpoint, movies, out, "--stride", "16", "--relion-project-dir", "/")  # subfolder 4+ levels deep
+    assert list(out.glob("**/mic_0_autopick.star"))[0].parent != out / "Movies"
+    threshold_picks.main(["--output-dir", str(out), "--threshold", "1.5", "--formats", "relion", "csv"])
+    again = pick_cli(checkpoint, movies, out, "--stride", "16", "--relion-project-dir", "/")
+    assert (again["picked"], again["outputs"]) == (0, None)
+    outputs = json.loads((out / "manifest.json").read_text())["outputs"]
+    assert (outputs["threshold"], outputs["formats"]) == (1.5, ["csv", "relion"])
+
+
+def test_micrographs_behind_a_symlink_keep_the_name_the_user_gave(project, tmp_path):
+    root, checkpoint = project
+    (tmp_path / "Micrographs").symlink_to(root / "MotionCorr" / "job002" / "Movies")
+    pick_cli(checkpoint, tmp_path / "Micrographs", tmp_path / "External" / "job005", "--stride", "16",
+             "--relion-project-dir", str(tmp_path))
+    listing = starfile.read(tmp_path / "External" / "job005" / "autopick.star")
+    assert listing["rlnMicrographName"].tolist() == ["Micrographs/mic_0.mrc", "Micrographs/mic_1.mrc"]
+
+
+def test_one_bad_micrograph_does_not_block_a_rerun_at_a_new_threshold(project, tmp_path):
+    root, checkpoint = project
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    (mics / "good.mrc").write_bytes((root / "MotionCorr" / "job002" / "Movies" / "mic_0.mrc").read_bytes())
+    (mics / "bad.mrc").write_bytes(b"not an mrc" * 100)
+    with pytest.warns(UserWarning, match="bad.mrc"):
+        pick_cli(checkpoint, mics, tmp_path / "picks", "--stride", "16")
+    with pytest.warns(UserWarning, match="bad.mrc"):
+        summary = pick_cli(checkpoint, mics, tmp_path / "picks", "--stride", "16", "--threshold", "-1")
+    assert (summary["failed"], summary["outputs"]["threshold"]) == (1, -1.0)
+
+
+def test_overlays_left_out_are_removed_and_a_threshold_beside_a_count_is_refused(picked, tmp_path, capsys):
+    _, out, _ = picked
+    copy = copy_picks(out, tmp_path / "copy")
+    threshold_picks.main(["--output-dir", str(copy), "--threshold", "3", "--overlays", "0"])
+    assert not list((copy / "overlays").glob("*.png"))
+    with pytest.raises(SystemExit):
+        threshold_picks.main(["--output-dir", str(copy), "--threshold", "0", "--expected-particles", "5"])
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_an_mrc_header_of_one_angstrom_with_the_cell_equal_to_the_grid_is_unknown(tmp_path):
+    with mrcfile.new(tmp_path / "placeholder.mrc") as mrc:
+        mrc.set_data(np.zeros((8, 8), np.float32))
+        mrc.header.cella = (8.0, 8.0, 1.0)
+    assert read_pixel_size(tmp_path / "placeholder.mrc") is None
+    assert read_pixel_size(write_mrc(tmp_path / "real.mrc", np.zeros((8, 8)), pixel_size=1.06)) == pytest.approx(1.06)
