@@ -246,7 +246,7 @@ def run(args) -> dict:
         if shard else nullcontext()
     with folder_lock(output_dir, "pick_particles", shared=shard is not None), shard_lock:
         manifest, merged = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS, shard)
-        check_own_folder(output_dir, merged)
+        check_own_folder(output_dir, merged, [{"stem": micrograph_stem(path)} for path in paths])
         choice = output_choice(args, merged.get("outputs"), keep_threshold=True)
         summary = pick_all(args, picker, settings, (manifest, merged, shard), mine, pixel_size)
         if shard is None:

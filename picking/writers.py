@@ -20,6 +20,7 @@ and whose candidates exist is not picked again; only files of listed micrographs
 (`own_files`). A process picking shard i of N keeps its own `manifest.shard-i-of-N.json` (no two
 processes write one file) and the manifests are merged on read (`read_manifests`).
 """
+import fnmatch
 import json
 import re
 from pathlib import Path
@@ -263,13 +264,14 @@ def open_manifest(output_dir, checkpoint, settings: dict, compared, shard=None) 
     return own, merged
 
 
-def own_files(output_dir, manifest: dict) -> set[str]:
+def own_files(output_dir, manifest: dict, micrographs=()) -> set[str]:
     """Names picking may overwrite in its output folder: the manifest, combined files, lock, histogram, and
     the candidates, per-micrograph files (every format) and overlays of the micrographs the manifest lists
-    (a micrograph is listed as started before its files are written), their folders and temporary names."""
+    (a micrograph is listed as started before its files are written), the candidates of the micrographs this
+    run picks (`micrographs`, entries {stem}: another shard may be writing them now), their folders and
+    temporary names."""
     names = {MANIFEST, LOCK_FILE, HISTOGRAM, CANDIDATES, "overlays", *COMBINED.values()}
-    names |= {path.name for path in Path(output_dir).glob(SHARD_MANIFESTS)}
-    names |= {path.name for path in Path(output_dir).glob(LOCK_FILE + ".shard-*-of-*")}
+    names |= {f"{CANDIDATES}/{entry['stem']}.npy" for entry in micrographs}
     project_dir = manifest["settings"]["relion_project_dir"]
     for entry in manifest["micrographs"]:
         files = per_micrograph_files(output_dir, entry, FORMATS, project_dir).values()
@@ -279,11 +281,14 @@ def own_files(output_dir, manifest: dict) -> set[str]:
     return names | {name + ".tmp" for name in names}
 
 
-def check_own_folder(output_dir, manifest: dict) -> None:
-    """Refuse an output folder holding files picking did not write (labels, say): they could be overwritten."""
-    ours = own_files(output_dir, manifest)
+def check_own_folder(output_dir, manifest: dict, micrographs=()) -> None:
+    """Refuse an output folder holding files picking did not write (labels, say): they could be overwritten.
+    `micrographs` as `own_files`."""
+    ours = own_files(output_dir, manifest, micrographs)
     found = [path.relative_to(output_dir).as_posix() for path in Path(output_dir).rglob("*")]
-    foreign = sorted(name for name in found if name not in ours and name != ".")
+    shard_files = [SHARD_MANIFESTS, SHARD_MANIFESTS + ".tmp", LOCK_FILE + ".shard-*-of-*"]
+    foreign = sorted(name for name in found if name not in ours and name != "."
+                     and not any(fnmatch.fnmatchcase(name, pattern) for pattern in shard_files))
     if foreign:
         raise InputError(f"{output_dir} holds files that picking did not write (e.g. {foreign[0]}); choose an "
                          f"empty or new --output-dir so they are not overwritten")

@@ -73,7 +73,7 @@ def test_torchrun_ranks_take_their_shards(five, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
                *argv(root, checkpoint, out)[1:]]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, [line for line in done.stderr.splitlines() if "error:" in line]
     assert sorted(p.name for p in out.glob("manifest.shard-*")) == ["manifest.shard-0-of-2.json",
                                                                     "manifest.shard-1-of-2.json"]
     assert digests(out) == digests(root / "single")
