@@ -31,7 +31,8 @@ from common.files import atomic_write_json
 from common.flags import add_renamed_argument
 from datasets.io.coordinates import micrograph_stem, read_coordinates
 from picking.evaluate import precision_recall, save_pr_curve_png
-from picking.writers import CANDIDATES, COMBINED, MANIFEST, OLD_FORMAT_NAMES, manifest_files, read_candidates
+from picking.writers import (CANDIDATES, COMBINED, OLD_FORMAT_NAMES, manifest_files, read_candidates,
+                             read_manifests)
 
 FORMATS = {"relion": (".star",), "topaz": (".txt", ".tsv"), "csv": (".csv",), "coco": (".json",), "box": (".box",)}
 CURVE_POINTS = 1000
@@ -87,10 +88,8 @@ def read_picks(path: Path, fmt: str | None) -> tuple[str, dict]:
 
 def written_threshold(picks_path: Path) -> tuple[bool, float | None]:
     """(whether pick_particles.py wrote files at a threshold, that threshold) from the folder's manifest."""
-    path = picks_path / MANIFEST
-    if not picks_path.is_dir() or not path.is_file():
-        return False, None
-    outputs = json.loads(path.read_text()).get("outputs")
+    manifest = read_manifests(picks_path) if picks_path.is_dir() else None
+    outputs = (manifest or {}).get("outputs")
     return (outputs is not None), (outputs or {}).get("threshold")
 
 

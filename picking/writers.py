@@ -116,10 +116,10 @@ def rows_text(row_format: str, rows) -> str:
     return "".join(row_format % tuple(row) for row in rows)
 
 
-def write_relion_coordinates(path, picks: np.ndarray) -> None:
+def relion_coordinates_text(picks: np.ndarray) -> str:
     """One micrograph's RELION coordinate file, the columns RELION's autopicker writes."""
     columns = ["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber", "rlnAutopickFigureOfMerit", "rlnAnglePsi"]
-    atomic_write_text(path, star_text("", columns, "%.3f\t%.3f\t0\t%.6f\t-999.0\n", picks[:, [0, 1, 3]].tolist()))
+    return star_text("", columns, "%.3f\t%.3f\t0\t%.6f\t-999.0\n", picks[:, [0, 1, 3]].tolist())
 
 
 def write_micrograph_outputs(output_dir, entry: dict, picks: np.ndarray, formats, project_dir) -> None:
@@ -127,16 +127,13 @@ def write_micrograph_outputs(output_dir, entry: dict, picks: np.ndarray, formats
     box = round(entry["diameter_px"])
     corners = np.rint(picks[:, :2] - box / 2).astype(np.int64).tolist()
     centres = np.rint(picks[:, :2]).astype(np.int64).tolist()
-    texts = {"relion": lambda: None,
+    texts = {"relion": lambda: relion_coordinates_text(picks),
              "csv": lambda: ",".join(CRYOPPP_COLUMNS) + "\n" + rows_text("%.3f,%.3f,%.3f,%.6f\n", picks.tolist()),
              "box": lambda: rows_text(f"%d\t%d\t{box}\t{box}\n", corners),
              "topaz": lambda: "\t".join(TOPAZ_COLUMNS) + "\n" + rows_text(
                  f"{entry['stem']}\t%d\t%d\t%.6f\n", [(x, y, s) for (x, y), s in zip(centres, picks[:, 3].tolist())])}
     for name, path in files.items():
-        if name == "relion":
-            write_relion_coordinates(path, picks)
-        else:
-            atomic_write_text(path, texts[name]())
+        atomic_write_text(path, texts[name]())
 
 
 def write_combined(output_dir, entries: list[dict], picks: dict, formats, project_dir) -> None:
