@@ -6,23 +6,29 @@ of each micrograph's n particles and nothing else; val and test keep every parti
 Then the user's path runs on that folder alone: `preprocess_coco_full_dataset.py --labels partial
 --expected-particles E` (E = the mean particle count of a train micrograph, the one number a user
 estimates, as for Topaz's -n), training with the data's pi, picking the test micrographs, and
-`evaluate_picks.py` against the complete test labels. Prints one row per (data set, F): AUPRC, best
-F1 with its precision and recall, pi used, training and picking seconds.
+`evaluate_picks.py` against the complete test labels. Topaz 0.3.20 (where installed) runs first on
+the same blind folder: the same kept train labels as targets, GE-binomial with --pi from the same
+expected count, micrographs binned to a particle of about 27 px; our training then gets no more CPU
+seconds than Topaz's training took (training.max_minutes). Both are scored by OUR evaluator. Prints one
+row per (data set, F, picker): AUPRC, best F1 with its precision and recall, pi used, training and
+picking seconds.
 
     python -m bench.bench_pick --data-root ../shared/data/empiar10017 --label-fractions 0.7 0.3 0.1 \
         --output-dir bench_runs/blind_empiar10017
 """
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bench.runner import sh
+from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 from common.flags import add_renamed_argument
 from datasets.io.coordinates import write_coco
-from datasets.io.layout import SPLITS, load_dataset
+from datasets.io.layout import SPLITS, dataset_diameter, load_dataset
 from datasets.io.micrographs import read_micrograph
 
 
@@ -60,20 +66,62 @@ def write_blind_dataset(root, out, fraction, seed=42):
     return counts, float(np.mean(train))
 
 
-def ours(data, out, expected, config, log):
+def ours(data, out, expected, args, minutes, log):
     """The user's path on the blind folder: preprocess (partial), train, pick the test split, evaluate."""
     sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", data, "--output-dir", out / "chunks",
-        "--labels", "partial", "--expected-particles", expected, "--num-workers", "2"], log)
-    sh([sys.executable, "train_pu_fixed_full.py", "--config", config, "--data-dir", out / "chunks", "--exp-name",
-        "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu"], log)
+        "--labels", "partial", "--expected-particles", f"{expected:.1f}", "--num-workers", "2"], log)
+    budget = ["--set", f"training.max_minutes={minutes:.3f}"] if minutes else []
+    sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", out / "chunks", "--exp-name",
+        "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu", *budget], log)
     pick = sh([sys.executable, "pick_particles.py", "--checkpoint", out / "runs" / "ours" / "best.pt",
                "--micrographs", data / "test", "--output-dir", out / "picks", "--device", "cpu"], log)
-    sh([sys.executable, "evaluate_picks.py", "--picks", out / "picks", "--ground-truth",
-        data / "annotations" / "instances_test.json", "--output", out / "eval.json"], log)
     results = json.loads((out / "runs" / "ours" / "results.json").read_text())
-    n_test = len(list((data / "test").iterdir()))
-    return {**json.loads((out / "eval.json").read_text()), "prior": results["prior"],
-            "train_s": results["timings"]["train_seconds"], "pick_s_per_mic": pick / n_test}
+    return {**evaluate(out / "picks", data, out / "eval.json", log), "prior": results["prior"],
+            "train_s": results["timings"]["train_seconds"], "pick_s_per_mic": pick / test_count(data)}
+
+
+def evaluate(picks, data, output, log):
+    sh([sys.executable, "evaluate_picks.py", "--picks", picks, "--ground-truth",
+        data / "annotations" / "instances_test.json", "--output", output], log)
+    return json.loads(Path(output).read_text())
+
+
+def test_count(data):
+    return len(list((data / "test").iterdir()))
+
+
+def topaz_binning(diameter):
+    """Topaz's downsampling: a particle of about 27 binned px (EMPIAR-10017's 108 px at 4x, as Topaz's
+    tutorial bins), never below 1."""
+    return max(1, int(round(diameter / 27)))
+
+
+def topaz(data, out, expected, args, log):
+    """Topaz on the blind folder: the kept train labels, GE-binomial at the expected count's pi."""
+    records, _ = load_dataset(data, read_truth=False)
+    binning = topaz_binning(dataset_diameter(records))
+    work = out / "topaz"
+    for split in ("train", "test"):
+        (work / split).mkdir(parents=True, exist_ok=True)
+        mrcs = as_mrc(sorted(Path(r.path) for r in records if r.split == split), work / f"{split}_mrc")
+        sh(topaz_preprocess(mrcs, work / split, binning=binning), log)
+    rows = ["image_name\tx_coord\ty_coord"]
+    for r in (r for r in records if r.split == "train"):
+        rows += [f"{r.stem}\t{int(round(x / binning))}\t{int(round(y / binning))}" for x, y in r.particles[:, :2]]
+    (work / "targets.txt").write_text("\n".join(rows) + "\n")
+    height, width = read_micrograph(records[0].path).shape
+    pi = expected * 29 / ((height // binning) * (width // binning))  # pixels within Topaz's radius 3 per particle
+    train = sh(topaz_train(work / "train", work / "targets.txt", pi=pi, epochs=args.topaz_epochs,
+                           epoch_size=args.topaz_epoch_size, prefix=work / "model", log=work / "train_log.txt"), log)
+    model = work / f"model_epoch{args.topaz_epochs}.sav"
+    radius = max(1, int(round(dataset_diameter(records) / binning / 2)))
+    extract = sh(topaz_extract(model, sorted((work / "test").glob("*.mrc")), work / "picks.txt",
+                               radius=radius, binning=binning), log)
+    picks = out / "picks_topaz"
+    picks.mkdir(exist_ok=True)
+    shutil.copy(work / "picks.txt", picks / "picks.txt")
+    return {**evaluate(picks, data, out / "eval_topaz.json", log), "prior": pi, "train_s": train,
+            "pick_s_per_mic": extract / test_count(data), "binning": binning}
 
 
 def get_args_parser():
@@ -84,26 +132,45 @@ def get_args_parser():
                          help="folder for the blind datasets, runs and results")
     parser.add_argument("--config", default="configs/cpu_benchmark.yaml", help="our training config")
     parser.add_argument("--seed", type=int, default=42, help="seed of the label dropping")
+    parser.add_argument("--pickers", nargs="+", choices=("ours", "topaz"), default=["ours", "topaz"],
+                        help="Topaz is skipped with a message where `topaz` is not installed")
+    parser.add_argument("--topaz-epochs", type=int, default=10)
+    parser.add_argument("--topaz-epoch-size", type=int, default=500)
     return parser
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if "topaz" in args.pickers and shutil.which("topaz") is None:
+        print("topaz is not installed (pip install topaz-em): Topaz is not run")
+        args.pickers = [p for p in args.pickers if p != "topaz"]
     out, rows = Path(args.output_dir).resolve(), []
     for fraction in args.label_fractions:
         case = out / f"F{fraction:g}"
         counts, expected = write_blind_dataset(args.data_root, case / "data", fraction, args.seed)
         print(f"F {fraction:g}: train labels {counts['train'][1]} of {counts['train'][0]} kept; "
               f"expected particles {expected:.1f} per micrograph", flush=True)
-        rows.append((fraction, ours(case / "data", case, f"{expected:.1f}", args.config, case / "bench.log")))
-    print(f"\n{Path(args.data_root).name}: ours, {args.config}")
-    print(f"{'F':>5s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'pi':>7s} {'train s':>8s} "
-          f"{'pick s/mic':>10s}")
-    for fraction, r in rows:
-        print(f"{fraction:5.2f} {r['auprc']:7.3f} {r['best_f1']:7.3f} {r['precision']:9.3f} {r['recall']:7.3f} "
-              f"{r['prior']:7.4f} {r['train_s']:8.0f} {r['pick_s_per_mic']:10.2f}")
-    (out / "bench_summary.json").write_text(json.dumps({f"{f:g}": r for f, r in rows}, indent=2, default=float))
+        log, minutes = case / "bench.log", None
+        if "topaz" in args.pickers:
+            rows.append((fraction, "topaz", topaz(case / "data", case, expected, args, log)))
+            minutes = rows[-1][2]["train_s"] / 60  # ours trains no longer than Topaz did
+        if "ours" in args.pickers:
+            rows.append((fraction, "ours", ours(case / "data", case, expected, args, minutes, log)))
+        print(format_row(*rows[-1]), flush=True)
+    print(f"\n{Path(args.data_root).name}: ours with {args.config}; Topaz 0.3.20 GE-binomial, "
+          f"{args.topaz_epochs} x {args.topaz_epoch_size} minibatches")
+    print(f"{'F':>5s} {'picker':>6s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'pi':>7s} "
+          f"{'train s':>8s} {'pick s/mic':>10s}")
+    for row in rows:
+        print(format_row(*row))
+    summary = {f"{f:g}/{picker}": r for f, picker, r in rows}
+    (out / "bench_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return rows
+
+
+def format_row(fraction, picker, r):
+    return (f"{fraction:5.2f} {picker:>6s} {r['auprc']:7.3f} {r['best_f1']:7.3f} {r['precision']:9.3f} "
+            f"{r['recall']:7.3f} {r['prior']:7.4f} {r['train_s']:8.0f} {r['pick_s_per_mic']:10.2f}")
 
 
 if __name__ == "__main__":

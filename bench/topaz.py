@@ -21,9 +21,9 @@ def as_mrc(paths, folder):
     return copies
 
 
-def topaz_preprocess(images, output_dir):
-    """`topaz preprocess` as the benchmark protocol runs it (both benches): 4x binning."""
-    return ["topaz", "preprocess", "-s", "4", "-o", str(output_dir), *map(str, images)]
+def topaz_preprocess(images, output_dir, binning=4):
+    """`topaz preprocess` as the benchmark protocol runs it: 4x binning on EMPIAR-10017."""
+    return ["topaz", "preprocess", "-s", str(binning), "-o", str(output_dir), *map(str, images)]
 
 
 def topaz_train(images_dir, targets, *, pi, epochs, epoch_size, prefix, log):
@@ -34,8 +34,8 @@ def topaz_train(images_dir, targets, *, pi, epochs, epoch_size, prefix, log):
             "--save-prefix", str(prefix), "-o", str(log)]
 
 
-def topaz_extract(model, images, output):
-    """`topaz extract` as the benchmark protocol runs it: radius 14 binned px (56 px), threshold -6, picks
-    scaled back up 4x."""
-    return ["topaz", "extract", "-r", "14", "-t", "-6", "-x", "4", "-m", str(model), "--device", "-1",
+def topaz_extract(model, images, output, radius=14, binning=4):
+    """`topaz extract` as the benchmark protocol runs it: radius 14 binned px (56 px on EMPIAR-10017),
+    threshold -6, picks scaled back up by the binning."""
+    return ["topaz", "extract", "-r", str(radius), "-t", "-6", "-x", str(binning), "-m", str(model), "--device", "-1",
             "-o", str(output), *map(str, images)]

@@ -2,8 +2,11 @@
 import hashlib
 import json
 
+import shutil
+
 import numpy as np
 import pytest
+import yaml
 
 from bench import bench_pick
 from datasets.io.coordinates import read_coco
@@ -45,9 +48,26 @@ def test_the_blind_benchmark_runs_the_users_path_and_scores_the_picks(world, tmp
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     rows = bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir",
-                            str(tmp_path / "out"), "--config", str(config)])
-    (fraction, result), = rows
-    assert fraction == 0.5 and 0 < result["prior"] < 1 and 0 <= result["auprc"] <= 1
+                            str(tmp_path / "out"), "--config", str(config), "--pickers", "ours"])
+    (fraction, picker, result), = rows
+    assert (fraction, picker) == (0.5, "ours") and 0 < result["prior"] < 1 and 0 <= result["auprc"] <= 1
     meta = json.loads((tmp_path / "out" / "F0.5" / "chunks" / "metadata.json").read_text())
     assert meta["config"]["labels"] == "partial" and meta["priors"]["method"] == "expected_particles"
     assert "0.50" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("topaz") is None, reason="topaz is not installed (pip install topaz-em)")
+def test_topaz_runs_first_on_the_same_blind_folder_and_caps_our_training_time(world, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    rows = bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir",
+                            str(tmp_path / "out"), "--config", str(config), "--topaz-epochs", "1",
+                            "--topaz-epoch-size", "4"])
+    assert [picker for _, picker, _ in rows] == ["topaz", "ours"]
+    topaz, ours = rows[0][2], rows[1][2]
+    assert 0 <= topaz["auprc"] <= 1 and 0 < topaz["prior"] < 1
+    resolved = yaml.safe_load((tmp_path / "out" / "F0.5" / "runs" / "ours" / "config.yaml").read_text())
+    assert resolved["training"]["max_minutes"] == pytest.approx(topaz["train_s"] / 60, abs=1e-3)
+    summary = json.loads((tmp_path / "out" / "bench_summary.json").read_text())
+    assert set(summary) == {"0.5/topaz", "0.5/ours"} and summary["0.5/ours"]["auprc"] == ours["auprc"]
