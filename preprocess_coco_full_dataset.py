@@ -34,6 +34,7 @@ from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_fl
 from datasets.preprocessing.run import describe_facts, preprocessing_facts, print_summary, run_preprocessing
 from datasets.prior import counted_prior, partial_labels_windows, positive_fraction, prior_record
 from datasets.sampling.coco_pu import LABEL_MODES, coco_pu_samples
+from training.prior_estimate import CITATION, estimate_missing_density
 
 TOOL = "preprocess_coco_full_dataset"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "coco_pu_preprocessing.yaml"
@@ -103,7 +104,7 @@ def resolve(args):
     return config
 
 
-def coco_priors(metadata):
+def coco_priors(metadata, output_dir):
     """prior_unlabeled (pi for nnPU) and how it was obtained, positive_fraction, the achieved negative ratio."""
     pre, counts = metadata["config"], metadata["splits"]["train"]["counts"]
     done = [m for m in metadata["micrographs"] if m.get("split") == "train" and m.get("status") == "done"]
@@ -114,17 +115,34 @@ def coco_priors(metadata):
                 "negatives_short": sum(m["negatives_wanted"] - m["negatives_found"] for m in done)}
     if pre["labels"] == "complete":
         return counted_prior(counts, **achieved)
+    achieved["positive_fraction"] = positive_fraction(counts)
+    diameter = metadata["facts"]["particle_diameter_px"] * metadata["facts"]["scale"]
     if pre["expected_particles"] is None:
-        return {"prior_unlabeled": None, "method": "unknown: pass --expected-particles",
-                "positive_fraction": positive_fraction(counts), **achieved}
+        return estimated_prior(done, output_dir, metadata, diameter, achieved)
     below = [m["stem"] for m in done if m["n_labeled"] > pre["expected_particles"]]
     if below:
         warnings.warn(f"--expected-particles {pre['expected_particles']:g} is below the labeled count of "
                       f"{len(below)} train micrograph(s) (e.g. {below[0]}); there they count as fully labeled")
-    diameter = metadata["facts"]["particle_diameter_px"] * metadata["facts"]["scale"]
-    positives, unlabeled = partial_labels_windows(done, pre["expected_particles"], diameter, pre["centre_radius"])
-    return prior_record("expected_particles", positives, unlabeled, positive_fraction=positive_fraction(counts),
-                        **achieved)
+    positives, unlabeled = partial_labels_windows(
+        done, lambda entry: max(pre["expected_particles"] - entry["n_labeled"], 0.0), diameter, pre["centre_radius"])
+    return prior_record("expected_particles", positives, unlabeled, **achieved)
+
+
+def estimated_prior(done, output_dir, metadata, diameter, achieved):
+    """No count given: BBE's estimate of the unlabeled particles, recorded as a suggestion for
+    --expected-particles but not used as pi (it measures 1.1-3.8x the counted pi, docs/method.md)."""
+    pre = metadata["config"]
+    print(f"no --expected-particles: estimating the particle count from the patches by {CITATION}")
+    estimate = estimate_missing_density(output_dir, metadata, diameter, pre["neg_min_distance"], pre["seed"])
+    if estimate.reason is not None:
+        return {"prior_unlabeled": None, "method": f"unknown: {estimate.reason}", **achieved}
+    positives, unlabeled = partial_labels_windows(
+        done, lambda entry: estimate.density_per_px * entry["free_area_px"], diameter, pre["centre_radius"])
+    expected = sum(m["n_labeled"] + estimate.density_per_px * m["free_area_px"] for m in done) / max(len(done), 1)
+    return {"prior_unlabeled": None, "method": f"unknown: no --expected-particles (BBE suggests about {expected:.0f} "
+                                               f"particles per micrograph; check it on a few micrographs)",
+            "bbe_prior_unlabeled": positives / unlabeled if unlabeled else None, "estimator": CITATION,
+            "far_windows_with_particle": estimate.alpha, "estimated_particles_per_micrograph": expected, **achieved}
 
 
 def select_train(records, max_images):
@@ -172,7 +190,11 @@ def print_prior_summary(summary):
     print(f"  Unlabeled patches: {unlabeled:,}")
     prior = summary["priors"]["prior_unlabeled"]
     print("  prior_unlabeled (pi for nnPU): " + (f"{prior:.4f} ({summary['priors']['method']})" if prior is not None
-                                                  else "unknown: pass --expected-particles, or set loss.prior"))
+                                                  else f"{summary['priors']['method']}: pass --expected-particles, "
+                                                       f"or set loss.prior"))
+    if "estimated_particles_per_micrograph" in summary["priors"]:
+        print(f"  particles per train micrograph, estimated by BBE: "
+              f"{summary['priors']['estimated_particles_per_micrograph']:.1f} (a suggestion for --expected-particles)")
     print(f"  positive_fraction (not pi; positives / all patches): {summary['priors']['positive_fraction']:.4f}")
 
 

@@ -5,7 +5,8 @@
 two counts, `positives_in_unlabeled / unlabeled`, and how it got them (`method`):
 - "counted": the COCO PU split hid the positives itself, so it counts them;
 - "expected_particles": the user's expected particle count per micrograph, converted to the
-  unlabeled windows those missing particles make positive (sliding windows on partial labels).
+  unlabeled windows those missing particles make positive (partial labels; with no count given,
+  preprocessing records BBE's estimate of the count as a suggestion, training/prior_estimate.py).
 Keeping the two counts lets shards combine exactly: π of several chunk dirs is the sum of their
 numerators over the sum of their denominators. `positive_fraction` (positives over all training
 patches) is the number the original training guide called the prior; it is kept for comparison only.
@@ -73,11 +74,12 @@ def expected_particles_windows(micrographs, expected, radius, stride):
     return positives, unlabeled
 
 
-def partial_labels_windows(micrographs, expected, diameter, centre_radius):
+def partial_labels_windows(micrographs, missing, diameter, centre_radius):
     """(unlabeled windows that hold an unlabeled particle, unlabeled windows) of a partial-labels COCO
-    PU split, from `expected` particles per micrograph (like Topaz's -n).
+    PU split, from `missing(entry)`: the number of particles nobody labeled on a micrograph (expected -
+    n_labeled for --expected-particles, as Topaz's -n; density x free area for an estimate).
 
-    A train micrograph with n_labeled labels has m = expected - n_labeled particles nobody labeled,
+    A train micrograph has m = missing(entry) particles nobody labeled,
     spread uniformly where particles can still be: its free area F, the pixels at least a diameter from
     every labeled particle. A window then holds one within the radius r that makes it positive with
     probability min(1, m pi r^2 / F') for windows inside that free area (the far negatives, r = diameter / 2,
@@ -89,9 +91,9 @@ def partial_labels_windows(micrographs, expected, diameter, centre_radius):
     for entry in micrographs:
         if entry.get("split") != "train" or entry.get("status") != "done":
             continue
-        missing = max(expected - entry["n_labeled"], 0.0)
-        far = min(1.0, missing * math.pi * (diameter / 2) ** 2 / max(entry["free_area_px"], 1.0))
-        near = min(1.0, missing * math.pi * (centre_radius * diameter) ** 2 / entry["area_px"])
+        m = missing(entry)
+        far = min(1.0, m * math.pi * (diameter / 2) ** 2 / max(entry["free_area_px"], 1.0))
+        near = min(1.0, m * math.pi * (centre_radius * diameter) ** 2 / entry["area_px"])
         positives += entry["unlabeled_known_positive"] + far * entry["unknown_far"] + near * entry["unknown_random"]
         unlabeled += entry["unlabeled_known_positive"] + entry["unknown_far"] + entry["unknown_random"]
     return positives, unlabeled

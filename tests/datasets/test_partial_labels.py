@@ -1,5 +1,6 @@
 """--labels partial: a user's annotations are all there is. Nothing is hidden, no truth is read, and pi
-comes from the expected particle count; checked against the pi that the truth counts on synthetic data."""
+comes from the expected particle count, checked against the pi that the truth counts on synthetic data
+(without a count pi is estimated: tests/training/test_prior_estimate.py)."""
 import json
 
 import numpy as np
@@ -7,7 +8,6 @@ import pytest
 
 import make_synthetic_dataset
 import preprocess_coco_full_dataset
-import train_pu_fixed_full
 from datasets.io.coordinates import read_cryoppp_csv
 
 SYNTHETIC = ["--num-train", "4", "--num-val", "1", "--num-test", "1", "--width", "512", "--height", "512",
@@ -81,22 +81,11 @@ def test_expected_particles_bad_values(data, tmp_path, capsys):
     assert 0 <= summary["priors"]["prior_unlabeled"] < 0.2
 
 
-def test_partial_labels_without_a_count_leave_pi_to_the_user(data, tmp_path, capsys):
-    preprocess(data, tmp_path / "chunks")
-    with pytest.raises(SystemExit) as exit_info:
-        train_pu_fixed_full.main(["--data-dir", str(tmp_path / "chunks"), "--use-data-prior", "--output-root",
-                                  str(tmp_path / "runs"), "--device", "cpu"])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "no usable prior" in error and "loss.prior" in error and "--expected-particles" in error
-
-
-def test_a_count_given_later_recomputes_pi_without_redoing_the_chunks(data, tmp_path):
+def test_a_new_count_recomputes_pi_without_redoing_the_chunks(data, tmp_path):
     out = tmp_path / "chunks"
-    first = preprocess(data, out)
-    assert first["priors"]["prior_unlabeled"] is None
+    first = preprocess(data, out, "--expected-particles", str(mean_particles(data) / 2))
     before = chunk_bytes(out)
     again = preprocess(data, out, "--expected-particles", str(mean_particles(data)))
-    assert again["already_complete"] and 0 < again["priors"]["prior_unlabeled"] < 1
+    assert again["already_complete"] and first["priors"]["prior_unlabeled"] < again["priors"]["prior_unlabeled"] < 1
     assert chunk_bytes(out) == before
     assert json.loads((out / "metadata.json").read_text())["priors"] == again["priors"]
