@@ -130,7 +130,7 @@ def coco_priors(metadata, output_dir):
 
 def estimated_prior(done, output_dir, metadata, diameter, achieved):
     """No count given: BBE's estimate of the unlabeled particles, recorded as a suggestion for
-    --expected-particles but not used as pi (it measures 1.1-3.8x the counted pi, docs/method.md)."""
+    --expected-particles but not used as pi (it measured 1.1-3.8x the counted pi, docs/method.md)."""
     pre = metadata["config"]
     print(f"no --expected-particles: estimating the particle count from the patches by {CITATION}")
     estimate = estimate_missing_density(output_dir, metadata, diameter, pre["neg_min_distance"], pre["seed"])

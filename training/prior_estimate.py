@@ -14,9 +14,9 @@ P windows are shifted uniformly within that half diameter before the classifier 
 and held-out alike). α then gives the density of the particles nobody labeled over the free area
 (α / (π r²), r = diameter / 2), and a particle count and π follow from that density exactly as π
 does from --expected-particles (datasets/prior.py). Preprocessing records them as a suggestion and
-does not use them: on real data they measured 2.8-3.8x the counted π (docs/method.md). The classifier is the compact ResNet, trained on half of
-the train micrographs and scored on the other half, both ways round (cross-fitting), on CPU in about
-a minute. No ground truth is read.
+does not use them: on real data they measured 1.3-3.8x the counted π (docs/method.md). The
+classifier is the compact ResNet, trained on half of the train micrographs and scored on the other
+half, both ways round (cross-fitting), on CPU in about two minutes. No ground truth is read.
 """
 import math
 from dataclasses import dataclass
