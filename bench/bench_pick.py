@@ -67,14 +67,16 @@ def write_blind_dataset(root, out, fraction, seed=42):
 
 
 def ours(data, out, expected, args, minutes, log):
-    """The user's path on the blind folder: preprocess (partial), train, pick the test split, evaluate."""
+    """The user's path on the blind folder, as run_full_training.sh runs it: preprocess (partial), train, pick
+    the test split with the same count (it only sets the written threshold), evaluate."""
     sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", data, "--output-dir", out / "chunks",
         "--labels", "partial", "--expected-particles", f"{expected:.1f}", "--num-workers", "2"], log)
     budget = ["--set", f"training.max_minutes={minutes:.3f}"] if minutes else []
     sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", out / "chunks", "--exp-name",
         "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu", *budget], log)
     pick = sh([sys.executable, "pick_particles.py", "--checkpoint", out / "runs" / "ours" / "best.pt",
-               "--micrographs", data / "test", "--output-dir", out / "picks", "--device", "cpu"], log)
+               "--micrographs", data / "test", "--output-dir", out / "picks", "--expected-particles",
+               f"{expected:.1f}", "--device", "cpu"], log)
     results = json.loads((out / "runs" / "ours" / "results.json").read_text())
     return {**evaluate(out / "picks", data, out / "eval.json", log), "prior": results["prior"],
             "train_s": results["timings"]["train_seconds"], "pick_s_per_mic": pick / test_count(data)}

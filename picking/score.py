@@ -29,7 +29,7 @@ grid cells, each peak placed to a fraction of a cell by a parabola through it an
 along each axis, rescored there by one more window (`rescore_at_peaks`, the default in
 `pick_prepared`), cells mapped to rescaled pixels then to original pixels (`to_original`), spaced
 again at the minimum distance (sub-cell placement moves picks by up to half a cell), picks closer than
-`edge_margin_px` to the border dropped, and the best `max_picks` kept.
+`edge_margin_px` to the border dropped.
 """
 from dataclasses import dataclass
 from functools import partial
@@ -257,13 +257,13 @@ def rescore_at_peaks(scorer: WindowScorer, centres_xy: np.ndarray, scores: np.nd
 
 def picks_from_score_map(score_map: torch.Tensor, grid: WindowGrid, scale_xy, original_shape, *,
                          min_distance_px: float, threshold: float | None, edge_margin_px: float = 0.0,
-                         max_picks: int | None = None, diameter_px: float = np.nan, refine=None) -> np.ndarray:
+                         diameter_px: float = np.nan, refine=None) -> np.ndarray:
     """Picks (N, 4: x, y, diameter, score = logit) in ORIGINAL pixels, best first.
 
     Peaks are placed to a fraction of a cell by `_subcell_offsets`; `refine`, a function of (those
     centres in rescaled px, scores) -> the same (e.g. `rescore_at_peaks`), may then move or rescore them.
     Distances are in original pixels; picks closer than `edge_margin_px` to the micrograph border
-    (x < margin or x > width - 1 - margin, same for y) are dropped before the best `max_picks` are kept.
+    (x < margin or x > width - 1 - margin, same for y) are dropped.
     """
     cells = min_distance_px * float(np.mean(scale_xy)) / grid.stride
     rows, cols, scores = peak_picks(score_map, cells, threshold)
@@ -276,7 +276,7 @@ def picks_from_score_map(score_map: torch.Tensor, grid: WindowGrid, scale_xy, or
     xy, scores = xy[spaced], scores[spaced]
     height, width = original_shape
     inside = ((xy >= edge_margin_px) & (xy <= np.array([width - 1, height - 1]) - edge_margin_px)).all(axis=1)
-    xy, scores = xy[inside][:max_picks], scores[inside][:max_picks]
+    xy, scores = xy[inside], scores[inside]
     return np.column_stack([xy, np.full(len(xy), float(diameter_px)), scores])
 
 
@@ -330,7 +330,7 @@ def prepare_for_picking(path, facts: PreprocessingFacts, pixel_size: float | Non
 
 
 def pick_prepared(picker: Picker, micrograph: PreparedMicrograph, *, stride: int, min_distance_px: float,
-                  threshold: float | None, device, expected_particles: int | None = None, edge_margin_px: float = 0.0,
+                  threshold: float | None, device, edge_margin_px: float = 0.0,
                   batch_size: int = 1024, method: str | None = None, bf16: bool | None = None,
                   rescore_peaks: bool = True, peak_symmetries: int = DEFAULT_PEAK_SYMMETRIES) -> np.ndarray:
     """Score a prepared micrograph every `stride` px, rescore its peaks at their sub-cell positions
@@ -342,8 +342,7 @@ def pick_prepared(picker: Picker, micrograph: PreparedMicrograph, *, stride: int
     refine = (partial(rescore_at_peaks, scorer, shape=micrograph.image.shape, symmetries=peak_symmetries)
               if rescore_peaks else None)
     return picks_from_score_map(score_map, grid, micrograph.scale_xy, micrograph.original_shape,
-                                min_distance_px=min_distance_px, threshold=threshold,
-                                edge_margin_px=edge_margin_px, max_picks=expected_particles,
+                                min_distance_px=min_distance_px, threshold=threshold, edge_margin_px=edge_margin_px,
                                 diameter_px=picker.facts.particle_diameter_px / micrograph.size_ratio, refine=refine)
 
 
