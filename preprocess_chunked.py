@@ -55,7 +55,7 @@ def resolve(args):
 
 
 def make_priors_fn(pre, radius_px):
-    def priors(metadata, output_dir):
+    def priors(metadata):
         counts = metadata["splits"]["train"]["counts"]
         if counts["hidden_positive"] + counts["background"] > 0:
             return counted_prior(counts)

@@ -104,7 +104,7 @@ def resolve(args):
     return config
 
 
-def coco_priors(metadata, output_dir):
+def coco_priors(metadata, *, output_dir):
     """prior_unlabeled (pi for nnPU) and how it was obtained, positive_fraction, the achieved negative ratio."""
     pre, counts = metadata["config"], metadata["splits"]["train"]["counts"]
     done = [m for m in metadata["micrographs"] if m.get("split") == "train" and m.get("status") == "done"]
@@ -173,9 +173,10 @@ def run(config, args, shard):
     for split in SPLITS:
         print(f"Processing {split} split: {sum(r.split == split for r in records)} micrographs")
     print(describe_facts(facts))
-    summary = run_preprocessing(TOOL, stored, records, sampler, facts=facts,
-                                output_dir=shard_dir(data["output_dir"], shard), resume=not args.no_resume,
-                                num_workers=args.num_workers, strict=args.strict, priors_fn=coco_priors)
+    output_dir = shard_dir(data["output_dir"], shard)
+    summary = run_preprocessing(TOOL, stored, records, sampler, facts=facts, output_dir=output_dir,
+                                resume=not args.no_resume, num_workers=args.num_workers, strict=args.strict,
+                                priors_fn=partial(coco_priors, output_dir=Path(output_dir)))
     if summary["priors"]["negatives_short"] > 0:
         warnings.warn(f"micrographs too dense for {pre['neg_per_pos']} negatives per particle at "
                       f"{pre['neg_min_distance']} diameters: achieved {summary['priors']['neg_per_pos_achieved']:.2f}")

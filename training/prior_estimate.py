@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 from torch.nn import functional as F
 
-from datasets.chunks.loader import load_chunk
+from datasets.chunks.loader import gather_rows, load_chunk
 from datasets.sampling.windows import LABELED, UNLABELED
 from models.resnet import build_model
 
@@ -42,8 +42,6 @@ class DensityEstimate:
     """The missing particles' density over the free area, from α, or why there is none (`reason`)."""
     alpha: float | None = None            # fraction of far windows holding a particle (BBE)
     density_per_px: float | None = None   # particles per free px of the rescaled micrographs
-    n_positive: int = 0
-    n_far: int = 0
     reason: str | None = None
 
 
@@ -60,19 +58,21 @@ def bbe_alpha(scores_p, scores_u, delta=0.1, gamma=0.01):
 
 
 def train_windows(chunk_dir, metadata):
-    """(train chunk rows as numpy arrays, the patches as one memory-mapped list) of a finished split."""
-    patch_size = metadata["facts"]["patch_size"]
-    chunks = [load_chunk(chunk_dir / entry["file"], int(entry["count"]), patch_size, mmap=True)
-              for entry in metadata["splits"]["train"]["chunks"]]
+    """(the train chunks memory-mapped, their first global rows, their sample_type, micrograph and xy rows
+    as numpy arrays) of a finished split: the patches stay on disk until `gather_rows` takes some."""
+    entries = metadata["splits"]["train"]["chunks"]
+    chunks = [load_chunk(chunk_dir / entry["file"], int(entry["count"]), metadata["facts"]["patch_size"], mmap=True)
+              for entry in entries]
+    starts = torch.tensor(np.cumsum([0] + [int(entry["count"]) for entry in entries[:-1]]), dtype=torch.long)
     rows = {key: np.concatenate([c[key].numpy() for c in chunks]) for key in ("sample_type", "micrograph", "xy")}
-    return rows, torch.cat([c["patches"] for c in chunks])
+    return chunks, starts, rows
 
 
 def positive_and_far(rows, min_distance):
-    """Indices of the labeled particles' windows and of the far windows, and the micrograph of each."""
+    """Global indices of the labeled particles' windows and of the far windows."""
     positives, far = [], []
-    for micrograph in np.unique(rows["micrograph"]):
-        mine = np.flatnonzero(rows["micrograph"] == micrograph)
+    order = np.argsort(rows["micrograph"], kind="stable")
+    for mine in np.split(order, np.flatnonzero(np.diff(rows["micrograph"][order])) + 1):
         labeled = mine[rows["sample_type"][mine] == LABELED]
         unknown = mine[rows["sample_type"][mine] == UNLABELED]
         if not len(labeled) or not len(unknown):
@@ -134,22 +134,23 @@ def fit_and_score(patches, fit, score, radius, seed, steps=300, batch=64):
 def estimate_missing_density(chunk_dir, metadata, diameter, min_distance, seed=0):
     """α of the far windows by BBE (cross-fitted over two halves of the train micrographs) and the density
     of unlabeled particles it implies; a DensityEstimate with `reason` when there are too few labels."""
-    rows, patches = train_windows(chunk_dir, metadata)
+    chunks, starts, rows = train_windows(chunk_dir, metadata)
     positives, far = positive_and_far(rows, min_distance * diameter)
     if min(len(positives), len(far)) < MIN_SAMPLES:
-        return DensityEstimate(n_positive=len(positives), n_far=len(far),
-                               reason=f"too few labels to estimate it ({len(positives)} labeled particles, "
+        return DensityEstimate(reason=f"too few labels to estimate it ({len(positives)} labeled particles, "
                                       f"{len(far)} far windows; {MIN_SAMPLES} of each needed)")
     rng = np.random.default_rng(seed)
     positives = np.sort(rng.choice(positives, min(len(positives), MAX_SAMPLES), replace=False))
     far = np.sort(rng.choice(far, min(len(far), MAX_SAMPLES), replace=False))
-    micrographs = np.unique(rows["micrograph"][positives])
+    chosen = np.concatenate([positives, far])
+    patches = gather_rows(chunks.__getitem__, starts, torch.from_numpy(chosen), ("patches",))["patches"]
+    micrograph = rows["micrograph"][chosen]
+    positives, far = np.arange(len(positives)), np.arange(len(positives), len(chosen))  # rows of `patches`
+    micrographs = np.unique(micrograph[positives])
     if len(micrographs) < 2:
-        return DensityEstimate(n_positive=len(positives), n_far=len(far),
-                               reason="labels on one train micrograph only; two are needed to estimate it")
-    half = set(micrographs[::2].tolist())
-    folds = [tuple(idx[np.isin(rows["micrograph"][idx], list(half)) == side] for idx in (positives, far))
-             for side in (True, False)]
+        return DensityEstimate(reason="labels on one train micrograph only; two are needed to estimate it")
+    first_half = np.isin(micrograph, micrographs[::2])
+    folds = [tuple(idx[first_half[idx] == side] for idx in (positives, far)) for side in (True, False)]
     alphas, weights = [], []
     for k, (held_p, held_u) in enumerate(folds):
         fit_p, fit_u = folds[1 - k]
@@ -158,5 +159,8 @@ def estimate_missing_density(chunk_dir, metadata, diameter, min_distance, seed=0
         scores_p, scores_u = fit_and_score(patches, (fit_p, fit_u), (held_p, held_u), diameter / 2, seed + k)
         alphas.append(bbe_alpha(scores_p, scores_u))
         weights.append(len(held_u))
+    if not alphas:
+        return DensityEstimate(reason="far windows on one half of the train micrographs only; label more "
+                                      "micrographs to estimate it")
     alpha = float(np.average(alphas, weights=weights))
-    return DensityEstimate(alpha, alpha / (math.pi * (diameter / 2) ** 2), len(positives), len(far))
+    return DensityEstimate(alpha, alpha / (math.pi * (diameter / 2) ** 2))

@@ -119,7 +119,7 @@ def _write_chunks(tool, config, records, sample_fn, *, facts, output_dir, resume
     if metadata is not None and metadata["config"] != config:  # only settings of pi differ: recompute it
         metadata["config"] = config
         if metadata.get("complete"):
-            metadata["priors"] = priors_fn(metadata, Path(output_dir))
+            metadata["priors"] = priors_fn(metadata)
             atomic_write_json(Path(output_dir) / METADATA, metadata)
     if metadata is not None and metadata.get("complete"):
         return summarize(metadata, output_dir, start, already_complete=True)
@@ -148,7 +148,7 @@ def _write_chunks(tool, config, records, sample_fn, *, facts, output_dir, resume
         why = f" ({len(skipped)} unreadable, e.g. {skipped[0]['reason']})" if skipped else ""
         raise InputError(f"no training patches were written to {output_dir}{why}; check --data-root and the "
                          f"train micrographs, then rerun")
-    store.metadata["priors"] = priors_fn(store.metadata, Path(output_dir))
+    store.metadata["priors"] = priors_fn(store.metadata)
     store.metadata["complete"] = True
     store.save(wait=True)
     return summarize(store.metadata, output_dir, start)
