@@ -149,6 +149,32 @@ def peak_rss_mb():
     return max(own, children) / 1024.0
 
 
+def _cgroup_memory_limit():
+    """This process's memory cgroup limit in bytes (v2 `memory.max` or v1 `memory.limit_in_bytes`), or None."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        names = [("memory.max", Path("/sys/fs/cgroup") / path.lstrip("/"))] if controllers == "" else \
+            [("memory.limit_in_bytes", Path("/sys/fs/cgroup/memory") / path.lstrip("/"))] if "memory" in \
+            controllers.split(",") else []
+        for name, folder in names:
+            text = (folder / name).read_text().strip() if (folder / name).is_file() else "max"
+            if text != "max" and int(text) < (1 << 60):
+                return int(text)
+    return None
+
+
+def memory_available_bytes():
+    """Memory this process can still fill: the kernel's MemAvailable, capped by a memory cgroup's limit;
+    None where the system does not say (no /proc)."""
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024
+        limit = _cgroup_memory_limit()
+    except (OSError, KeyError, ValueError):
+        return None
+    return available if limit is None else min(available, limit)
+
+
 def bytes_on_disk(paths):
     return sum(Path(p).stat().st_size for p in paths if Path(p).exists())
 

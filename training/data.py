@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.chunks.loader import CryoEMChunkedDataset, PUBatchSampler, open_chunk_dirs
+from datasets.chunks.loader import CryoEMChunkedDataset, PUBatchSampler, open_chunk_dirs, refuse_beyond_memory
 from datasets.chunks.stream import PUStream
 
 
@@ -31,6 +31,8 @@ class TrainBatches:
                                    pin_memory=pin_memory, **common)
             self.steps, self.patch_size = len(self.stream), self.stream.pool["patches"].shape[-1]
         else:
+            if mode == "mmap":
+                refuse_beyond_memory(open_chunk_dirs(dirs, "train"), mode)
             self.dataset = CryoEMChunkedDataset(dirs, "train", mode=mode, pin_memory=pin_memory and not num_workers)
             self.sampler = PUBatchSampler(self.dataset.labels, source=str(dirs), **common)
             self.steps, self.patch_size = len(self.sampler), self.dataset.index.patch_size

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.files import file_crc32
+from common.files import file_crc32, human_bytes, memory_available_bytes
 from datasets.chunks.format import CHUNK_DTYPES, LABEL_POSITIVE, METADATA, chunk_dir_list, metadata_field, read_metadata
 
 MODES = ("memory", "mmap", "on_demand")
@@ -192,6 +192,7 @@ class CryoEMChunkedDataset(Dataset):
         self.labels = torch.cat([c["label"] for c in mapped])
         self.sample_types = torch.cat([c["sample_type"] for c in mapped])
         if mode == "memory":
+            refuse_beyond_memory(self.index, mode)
             self._parts = [{key: torch.cat([c[key] for c in mapped]) for key in BATCH_KEYS}]
             self._starts = torch.zeros(1, dtype=torch.long)
             self._get_part = self._parts.__getitem__
@@ -209,6 +210,19 @@ class CryoEMChunkedDataset(Dataset):
         """Samples `indices` (global) as uint8 patches [B, S, S] and int8 label, sample_type, true_label."""
         indices = _as_indices(indices, len(self))
         return gather_rows(self._get_part, self._starts, indices, BATCH_KEYS, self.pin_memory)
+
+
+def refuse_beyond_memory(index, mode):
+    """InputError when `index`'s patches take more than 80% of the memory left: "memory" mode cannot hold
+    them, and "mmap" mode's random reads would then go to disk (174 samples/s on an SSD that streams 26,700,
+    docs/results.md): the stream ("on_demand") reads each chunk once, in order. A few sorted rows (an eval
+    subset) read well by mmap at any size; training's random batches call this for mmap themselves."""
+    needed, available = len(index) * (index.patch_size ** 2 + len(BATCH_KEYS) - 1), memory_available_bytes()
+    if available is not None and needed > 0.8 * available:
+        why = "cannot hold it" if mode == "memory" else "would read it from disk at random, ~100x slower"
+        raise InputError(f"{index.source} holds {human_bytes(needed)} of patches, more than 80% of the "
+                         f"{human_bytes(available)} of memory left; loader_mode {mode} {why}: stream it with "
+                         f"--set data.loader_mode=on_demand")
 
 
 def seeded_generator(*keys):

@@ -3,6 +3,7 @@
 `ChunkStream` serves batches of one split's rows chunk by chunk; `PUStream` builds exact-ratio PU
 batches from the labeled positives held in RAM and every other sample streamed.
 """
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from itertools import chain, count
@@ -111,8 +112,8 @@ class PUStream:
     """Exact-ratio PU batches for on-demand (HDD) training.
 
     The labeled positives of this rank's share (every world_size-th, when there are at least
-    world_size) are gathered into RAM once, reading only their rows through memory maps: N_pos * S^2
-    bytes (100k positives of 128 px: 1.6 GB). They are recycled in reshuffled passes. All other
+    world_size) are gathered into RAM once, reading only their rows through the memory map of one chunk
+    at a time (the pages mapped never exceed a chunk's): N_pos * S^2 bytes (100k positives of 128 px: 1.6 GB). They are recycled in reshuffled passes. All other
     samples (unlabeled and known negatives) stream through an endless `ChunkStream`. Each batch holds
     n_pos positives followed by batch_size - n_pos streamed samples; an epoch is `steps_per_epoch`
     batches, by default one pass over the others (as PUBatchSampler), the stream running on into its
@@ -134,7 +135,10 @@ class PUStream:
                              f"negative ratio / hide ratio of preprocessing)")
         if len(positives) >= world_size:
             positives = positives[rank::world_size]
-        self.pool = gather_rows(mapped.__getitem__, index.starts, positives, BATCH_KEYS)
+        del mapped  # positives are gathered one mapped chunk at a time: each unmapped before the next
+        one_chunk = functools.lru_cache(maxsize=1)(lambda k: load_chunk(index.paths[k], index.counts[k],
+                                                                        index.patch_size, mmap=True))
+        self.pool = gather_rows(one_chunk, index.starts, positives, BATCH_KEYS)
         self.pool["index"] = positives
         self.steps = steps_per_epoch or default_steps(n_others, self.n_unl, world_size)
         self.others = ChunkStream(index, self.n_unl, buffer_size, seed=seed, rank=rank, world_size=world_size,

@@ -7,7 +7,7 @@ import torch
 
 from common.errors import InputError
 from datasets.chunks.format import SAMPLE_TYPES, SCHEMA_VERSION, PreprocessingFacts, chunk_name, read_facts
-from datasets.chunks.loader import CryoEMChunkedDataset, PUBatchSampler, open_chunk_dirs
+from datasets.chunks.loader import CryoEMChunkedDataset, PUBatchSampler, open_chunk_dirs, refuse_beyond_memory
 from datasets.chunks.stream import ChunkStream, PUStream
 from datasets.prior import read_prior
 
@@ -149,6 +149,21 @@ def test_modes_give_identical_batches(three_chunks):
         for key in ("label", "sample_type", "true_label"):
             assert torch.equal(batch[key], batches["memory"][key])
     assert batches["mmap"]["label"].tolist() == [0, 1, -1, 1, 0, 0, 0, -1]
+
+
+def test_memory_mode_and_mmap_training_refuse_a_split_beyond_memory_and_name_the_stream(three_chunks, monkeypatch):
+    split_bytes = 33 * (S * S + 3)  # 33 train samples of S x S uint8 plus three int8 labels each
+    monkeypatch.setattr("datasets.chunks.loader.memory_available_bytes", lambda: int(split_bytes / 0.8) - 1)
+    with pytest.raises(InputError, match=r"\[train\] holds .* loader_mode memory cannot hold it: stream it with "
+                                         r"--set data.loader_mode=on_demand"):
+        CryoEMChunkedDataset(three_chunks, "train", "memory")
+    with pytest.raises(InputError, match=r"loader_mode mmap would read it from disk at random.*loader_mode=on_demand"):
+        refuse_beyond_memory(open_chunk_dirs(three_chunks, "train"), "mmap")  # training's random batches
+    assert len(CryoEMChunkedDataset(three_chunks, "train", "mmap")) == 33  # a few sorted rows read well
+    monkeypatch.setattr("datasets.chunks.loader.memory_available_bytes", lambda: int(split_bytes / 0.8) + 1)
+    assert len(CryoEMChunkedDataset(three_chunks, "train", "memory")) == 33
+    monkeypatch.setattr("datasets.chunks.loader.memory_available_bytes", lambda: None)  # no /proc: no check
+    assert len(CryoEMChunkedDataset(three_chunks, "train", "memory")) == 33
 
 
 def test_labels_without_reading_patches(three_chunks):
