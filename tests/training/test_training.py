@@ -266,3 +266,21 @@ def test_two_process_gloo_ddp_run(chunks, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["steps"] == 8 and 0.0 <= results["test"]["auc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_two_nodes_over_gloo_train_as_one_run(chunks, tmp_path):
+    """`torchrun --nnodes 2` as two local node processes (one rank each) meeting at a 127.0.0.1 rendezvous:
+    the multi-node command of the README's scaling section, with the same result files as one node of two."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29541",
+                               str(REPO / "train_pu_fixed_full.py"), "--data-dir", str(chunks), "--exp-name", "nodes",
+                               "--output-root", str(tmp_path), "--device", "cpu", "--use-data-prior", "--epochs", "1",
+                               *FAST], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    results = json.loads((tmp_path / "nodes" / "results.json").read_text())
+    assert results["steps"] == 8 and 0.0 <= results["test"]["auc"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "nodes").glob("*.pt")) == ["best.pt", "last.pt"]
