@@ -21,6 +21,7 @@ beside the disk's sequential read rate, how many micrographs and chunks a stream
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -30,9 +31,17 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import torch
+import yaml
 
+from bench.bench_loader import disk_sequential_read_mb_s, drop_page_cache
 from common.errors import InputError, exit_on_input_error
-from common.files import atomic_write_json, human_bytes
+from common.files import (atomic_write_json, bytes_on_disk, human_bytes, memory_available_bytes,
+                          memory_cgroup_folders)
+from datasets.chunks.format import read_metadata
+from datasets.chunks.loader import (MODES, CryoEMChunkedDataset, default_steps, load_chunk, open_chunk_dirs,
+                                    positives_per_batch)
+from datasets.chunks.stream import ChunkStream
 from datasets.io.coordinates import write_cryoppp_csv
 from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
 
@@ -119,10 +128,10 @@ def preprocess(tool, data_root, output_dir, workers, expected):
     (output_dir / "metadata.rewrite.json").unlink()
     chunks = [c for s in metadata["splits"].values() for c in s["chunks"]]
     return {"seconds": child_figure(done.stdout, "SECONDS"), "micrographs": len(metadata["micrographs"]),
-            "peak_rss_mb": child_figure(done.stdout, "PEAK_RSS_MB"), "bytes": sum((output_dir / c["file"]).stat().st_size
-                                                                 for c in chunks),
-            "chunks": len(chunks), "patches": sum(c["count"] for c in chunks),
-            "chunk_size": metadata["config"]["chunk_size"], "metadata_bytes": metadata_path.stat().st_size, "metadata_rewrite_s": float(np.median(rewrites))}
+            "peak_rss_mb": child_figure(done.stdout, "PEAK_RSS_MB"),
+            "bytes": bytes_on_disk(output_dir / c["file"] for c in chunks), "chunks": len(chunks),
+            "patches": sum(c["count"] for c in chunks), "chunk_size": metadata["config"]["chunk_size"],
+            "metadata_bytes": metadata_path.stat().st_size, "metadata_rewrite_s": float(np.median(rewrites))}
 
 
 def child_figure(stdout, name):
@@ -176,18 +185,11 @@ def resume_cost(tool, data_root, output_dir, workers, expected, n_micrographs, f
 def memory_cgroup(limit_bytes, name="bench_scale"):
     """A child memory cgroup of this process's own, limited to `limit_bytes` (cgroup v1 or v2): its
     cgroup.procs path, or None where the machine does not let us make one (then RAM is the limit)."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            folder, limit_file = Path("/sys/fs/cgroup") / path.lstrip("/") / name, "memory.max"
-        elif "memory" in controllers.split(","):
-            folder, limit_file = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / name, "memory.limit_in_bytes"
-        else:
-            continue
+    for parent, limit_file in memory_cgroup_folders():
         try:
-            folder.mkdir(exist_ok=True)
-            (folder / limit_file).write_text(str(int(limit_bytes)))
-            return folder / "cgroup.procs"
+            (parent / name).mkdir(exist_ok=True)
+            (parent / name / limit_file).write_text(str(int(limit_bytes)))
+            return parent / name / "cgroup.procs"
         except OSError:
             continue
     return None
@@ -215,11 +217,6 @@ def run_in(cgroup_procs, command, timeout):
 def loader_pass(chunk_dir, mode, batch_size, max_seconds, split="train"):
     """One pass (at most `max_seconds`) over `split` in loader `mode`, from a cold page cache: samples/s,
     peak RSS, and for the stream how many micrographs and chunks each batch draws from; or its refusal."""
-    import resource
-    import torch
-    from bench.bench_loader import drop_page_cache
-    from datasets.chunks.loader import CryoEMChunkedDataset, load_chunk, open_chunk_dirs
-    from datasets.chunks.stream import ChunkStream
     index = open_chunk_dirs([chunk_dir], split)
     drop_page_cache(index.paths)
     micrograph = torch.cat([load_chunk(p, n, index.patch_size, mmap=True)["micrograph"]
@@ -257,12 +254,12 @@ LOADER_CHILD = ("import json, sys; sys.path.insert(0, {repo!r}); from bench.benc
 
 def loaders(chunk_dir, cgroup_procs, batch_size, max_seconds):
     """loader_pass of every mode, each in a fresh process in the cgroup, after dropping the page cache."""
-    from datasets.chunks.loader import MODES
     results = []
     for mode in MODES:
         drop_caches()
-        done = run_in(cgroup_procs, [sys.executable, "-c", LOADER_CHILD.format(repo=str(REPO)),
-                                     json.dumps([str(chunk_dir), mode, batch_size, max_seconds])], 3 * max_seconds + 600)
+        child = [sys.executable, "-c", LOADER_CHILD.format(repo=str(REPO)),
+                 json.dumps([str(chunk_dir), mode, batch_size, max_seconds])]
+        done = run_in(cgroup_procs, child, timeout=3 * max_seconds + 600)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
         results.append(json.loads(lines[-1][6:]) if lines else
                        {"mode": mode, "failed": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"})
@@ -270,7 +267,6 @@ def loaders(chunk_dir, cgroup_procs, batch_size, max_seconds):
 
 
 def disk_read_mb_s(chunk_dir):
-    from bench.bench_loader import disk_sequential_read_mb_s
     drop_caches()
     return disk_sequential_read_mb_s(max(Path(chunk_dir).glob("train_chunk_*.pt"), key=lambda p: p.stat().st_size))
 
@@ -278,8 +274,6 @@ def disk_read_mb_s(chunk_dir):
 def training_rate(chunk_dir, cgroup_procs, output_root, steps):
     """`steps` training steps of configs/cpu_benchmark.yaml with the streaming loader, in the cgroup:
     seconds per step, the steps one epoch takes (every unlabeled sample once) and that epoch's time."""
-    from datasets.chunks.format import read_metadata
-    from datasets.chunks.loader import default_steps, positives_per_batch
     shutil.rmtree(output_root / "scale_train", ignore_errors=True)
     drop_caches()
     command = [sys.executable, "-c", CHILD.format(repo=str(REPO)), "train_pu_fixed_full",
@@ -294,12 +288,13 @@ def training_rate(chunk_dir, cgroup_procs, output_root, steps):
         return {"failed": f"exit {done.returncode}: {done.stderr.strip()[-500:]}"}
     results = json.loads((output_root / "scale_train" / "results.json").read_text())
     counts = read_metadata(chunk_dir)["splits"]["train"]["counts"]
-    batch = 64
+    batch = yaml.safe_load((output_root / "scale_train" / "config.yaml").read_text())["training"]["batch_size"]
     others = sum(counts.values()) - counts["labeled_positive"]
     epoch_steps = default_steps(others, batch - positives_per_batch(batch), 1)
     per_step = results["timings"]["train_seconds"] / results["steps"]
     return {"steps": results["steps"], "seconds_per_step": per_step, "wall_s": wall,
-            "peak_rss_mb": child_figure(done.stdout, "PEAK_RSS_MB"), "epoch_steps": epoch_steps, "epoch_s": epoch_steps * per_step}
+            "peak_rss_mb": child_figure(done.stdout, "PEAK_RSS_MB"), "epoch_steps": epoch_steps,
+            "epoch_s": epoch_steps * per_step}
 
 
 def plan(args, pool, pilot):
@@ -317,7 +312,8 @@ def plan(args, pool, pilot):
           f"{human_bytes(per_mic['coco'])} (coco) per micrograph; about {seconds / 60:.0f} minutes "
           f"(from a pilot of {pilot['sliding']['micrographs']} micrographs)", flush=True)
     if needed > 0.95 * free:
-        raise InputError(f"{args.output_dir}: {human_bytes(needed)} needed for --sizes {' '.join(map(str, args.sizes))}, "
+        sizes = " ".join(map(str, args.sizes))
+        raise InputError(f"{args.output_dir}: {human_bytes(needed)} needed for --sizes {sizes}, "
                          f"only {human_bytes(free)} free; choose smaller --sizes or another --output-dir")
 
 
@@ -365,7 +361,6 @@ def format_loader(r, disk_mb_s):
 
 def measure_loading(args, chunk_dir):
     """Loader modes and streamed training on `chunk_dir`, in a memory cgroup of 1/ram_ratio its size."""
-    from common.files import memory_available_bytes
     size = sum(p.stat().st_size for p in Path(chunk_dir).glob("train_chunk_*.pt"))
     limit = size / args.ram_ratio if args.ram_ratio else None
     cgroup = memory_cgroup(limit) if limit and limit >= 2 << 30 else None
@@ -402,7 +397,8 @@ def get_args_parser():
     parser.add_argument("--pass-seconds", type=float, default=600, help="cap on one loader pass")
     parser.add_argument("--train-steps", type=int, default=100, help="streamed training steps timed")
     parser.add_argument("--quick", action="store_true",
-                        help="micrographs of 384 px (sizes 4 and 8), 2 bases, 5 s passes, 3 steps, no cgroup (for the tests)")
+                        help="micrographs of 384 px (sizes 4 and 8), 2 bases, 5 s passes, 3 steps, no cgroup "
+                             "(for the tests)")
     return parser
 
 

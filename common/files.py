@@ -149,17 +149,25 @@ def peak_rss_mb():
     return max(own, children) / 1024.0
 
 
-def _cgroup_memory_limit():
-    """This process's memory cgroup limit in bytes (v2 `memory.max` or v1 `memory.limit_in_bytes`), or None."""
+def memory_cgroup_folders():
+    """(folder, limit file) of each memory cgroup this process is in: cgroup v2's `memory.max` and/or
+    v1's `memory.limit_in_bytes`, from /proc/self/cgroup."""
+    folders = []
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
-        names = [("memory.max", Path("/sys/fs/cgroup") / path.lstrip("/"))] if controllers == "" else \
-            [("memory.limit_in_bytes", Path("/sys/fs/cgroup/memory") / path.lstrip("/"))] if "memory" in \
-            controllers.split(",") else []
-        for name, folder in names:
-            text = (folder / name).read_text().strip() if (folder / name).is_file() else "max"
-            if text != "max" and int(text) < (1 << 60):
-                return int(text)
+        if controllers == "":
+            folders.append((Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max"))
+        elif "memory" in controllers.split(","):
+            folders.append((Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes"))
+    return folders
+
+
+def _cgroup_memory_limit():
+    """This process's memory cgroup limit in bytes, or None where it has none."""
+    for folder, name in memory_cgroup_folders():
+        text = (folder / name).read_text().strip() if (folder / name).is_file() else "max"
+        if text != "max" and int(text) < (1 << 60):
+            return int(text)
     return None
 
 

@@ -31,9 +31,9 @@ class TrainBatches:
                                    pin_memory=pin_memory, **common)
             self.steps, self.patch_size = len(self.stream), self.stream.pool["patches"].shape[-1]
         else:
-            if mode == "mmap":
-                refuse_beyond_memory(open_chunk_dirs(dirs, "train"), mode)
             self.dataset = CryoEMChunkedDataset(dirs, "train", mode=mode, pin_memory=pin_memory and not num_workers)
+            if mode == "mmap":  # random batches over a split beyond memory would read from disk at random
+                refuse_beyond_memory(self.dataset.index, mode)
             self.sampler = PUBatchSampler(self.dataset.labels, source=str(dirs), **common)
             self.steps, self.patch_size = len(self.sampler), self.dataset.index.patch_size
 

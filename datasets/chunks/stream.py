@@ -113,8 +113,9 @@ class PUStream:
 
     The labeled positives of this rank's share (every world_size-th, when there are at least
     world_size) are gathered into RAM once, reading only their rows through the memory map of one chunk
-    at a time (the pages mapped never exceed a chunk's): N_pos * S^2 bytes (100k positives of 128 px: 1.6 GB). They are recycled in reshuffled passes. All other
-    samples (unlabeled and known negatives) stream through an endless `ChunkStream`. Each batch holds
+    at a time (the pages mapped never exceed a chunk's): N_pos * S^2 bytes (100k positives of 128 px:
+    1.6 GB). They are recycled in reshuffled passes. All other samples (unlabeled and known negatives)
+    stream through an endless `ChunkStream`. Each batch holds
     n_pos positives followed by batch_size - n_pos streamed samples; an epoch is `steps_per_epoch`
     batches, by default one pass over the others (as PUBatchSampler), the stream running on into its
     next pass for the last batch.
