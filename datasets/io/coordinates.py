@@ -19,6 +19,7 @@ A folder is read as a RELION job folder (its autopick.star / manualpick.star, or
 coords_suffix_<name>.star names), else as its coordinate files, else as the RELION pick files in its
 subfolders (`_read_folder`). Writers replace their file atomically (`common.files.atomic_write`).
 """
+import csv
 import json
 import re
 from pathlib import Path, PurePath
@@ -163,13 +164,37 @@ def read_coco(json_path):
 
 
 def read_cryoppp_csv(path, micrograph=None):
-    """CryoPPP csv (one micrograph, named by `micrograph` or the csv stem) -> ParticleTable."""
+    """CryoPPP csv (one micrograph, named by `micrograph` or the csv stem) -> ParticleTable.
+
+    A file of numbers only is read by the csv module (a fifteenth of pandas' time: thousands of label files
+    are read before a resumed run can go on); anything else goes through pandas and its messages."""
     path = Path(path)
-    fix = "it needs a header with X-Coordinate,Y-Coordinate (Diameter, Confidence Score optional)"
-    frame = _read_table(path, "CryoPPP csv", CRYOPPP_COLUMNS[:2], fix, skipinitialspace=True)
-    columns = [_numbers(frame, column, path, "CryoPPP csv", required=index < 2)
-               for index, column in enumerate(CRYOPPP_COLUMNS)]
-    return {micrograph or path.stem: make_particles(*columns)}
+    particles = _cryoppp_numbers(path)
+    if particles is None:
+        fix = "it needs a header with X-Coordinate,Y-Coordinate (Diameter, Confidence Score optional)"
+        frame = _read_table(path, "CryoPPP csv", CRYOPPP_COLUMNS[:2], fix, skipinitialspace=True)
+        particles = make_particles(*(_numbers(frame, column, path, "CryoPPP csv", required=index < 2)
+                                     for index, column in enumerate(CRYOPPP_COLUMNS)))
+    return {micrograph or path.stem: particles}
+
+
+def _cryoppp_numbers(path):
+    """The particles of a CryoPPP csv whose header names distinct columns, X and Y among them, and whose
+    every row is that many numbers with X and Y given; None for any other file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle, skipinitialspace=True))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    header = [name.strip() for name in rows[0]] if rows else []
+    if len(set(header)) != len(header) or not set(CRYOPPP_COLUMNS[:2]) <= set(header):
+        return None
+    try:
+        values = np.array(rows[1:], dtype=np.float64).reshape(-1, len(header))
+    except ValueError:
+        return None
+    columns = [values[:, header.index(c)] if c in header else np.nan for c in CRYOPPP_COLUMNS]
+    return None if np.isnan(columns[0]).any() or np.isnan(columns[1]).any() else make_particles(*columns)
 
 
 def _coordinate_loop(path, blocks):

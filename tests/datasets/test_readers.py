@@ -9,6 +9,7 @@ from PIL import Image
 
 from common.errors import InputError
 from conftest import SHARED_DATA
+from datasets.io import coordinates
 from datasets.io.coordinates import (COLUMNS, drop_outside, make_particles, micrograph_stem, read_box, read_coco,
                                      read_coordinates, read_cryoppp_csv, read_star, read_topaz_txt, write_box,
                                      write_coco, write_cryoppp_csv, write_star, write_topaz_txt)
@@ -296,6 +297,35 @@ def test_csv_header_only_and_errors(tmp_path):
     (tmp_path / "typo.csv").write_text("X-Coordinate,Y-Coordinate\n1,2\n3,x4\n")
     with pytest.raises(InputError, match="typo.csv.*row 2"):
         read_cryoppp_csv(tmp_path / "typo.csv")
+
+
+CSV_VARIANTS = {
+    "plain": "X-Coordinate,Y-Coordinate,Diameter,Confidence Score\n10,20,30,0.5\n1.5e1,2,30,1\n",
+    "spaces": "X-Coordinate, Y-Coordinate, Diameter\n 10, 20, 30\n11 , 21 , 31\n",
+    "bom_reordered": "\ufeffDiameter,Y-Coordinate,X-Coordinate\n30,20,10\n",
+    "extra_column": "X-Coordinate,Y-Coordinate,Class\n10,20,3\n",
+    "blank_score": "X-Coordinate,Y-Coordinate,Diameter,Confidence Score\n10,20,30,\n11,21,31,0.2\n",
+    "blank_line": "X-Coordinate,Y-Coordinate\n10,20\n\n11,21\n",
+    "quoted": 'X-Coordinate,Y-Coordinate\n"10","20"\n',
+    "header_only": "X-Coordinate,Y-Coordinate\n",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CSV_VARIANTS))
+def test_cryoppp_csv_fast_path_reads_what_pandas_reads(tmp_path, monkeypatch, variant):
+    path = tmp_path / f"{variant}.csv"
+    path.write_text(CSV_VARIANTS[variant], encoding="utf-8")
+    fast = read_cryoppp_csv(path)[variant]
+    assert (coordinates._cryoppp_numbers(path) is None) == (variant in ("blank_score", "blank_line"))  # pandas'
+    monkeypatch.setattr(coordinates, "_cryoppp_numbers", lambda _path: None)
+    np.testing.assert_array_equal(fast, read_cryoppp_csv(path)[variant])
+    assert len(fast) == CSV_VARIANTS[variant].count("\n") - 1 - (variant == "blank_line")
+
+
+def test_cryoppp_csv_without_coordinates_is_an_error_on_either_path(tmp_path):
+    (tmp_path / "nan.csv").write_text("X-Coordinate,Y-Coordinate\n1,2\nnan,4\n")
+    with pytest.raises(InputError, match="nan.csv.*row 2"):
+        read_cryoppp_csv(tmp_path / "nan.csv")
 
 
 def test_box_extra_columns_and_empty(tmp_path):
