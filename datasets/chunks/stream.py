@@ -21,8 +21,8 @@ class ChunkStream:
 
     Each chunk file is read whole and sequentially (the next one in a background thread while the
     current one is served). Its rows join the rows carried over, the pool is permuted and served as
-    batches until `buffer_size` rows are left to carry into the next chunk. Memory: the chunk being
-    served, the one being read, and twice the buffer. Batches hold BATCH_KEYS plus "index" (global
+    batches until `buffer_size` rows are left to carry into the next chunk. Memory: the chunk just
+    read, the one being read, and two pools of a chunk plus the buffer. Batches hold BATCH_KEYS plus "index" (global
     sample index); each sample of the rank's share comes exactly once per pass. The last batch is
     short unless `repeat` chains passes into an endless stream: then the rows a pass leaves over
     (less than a batch) open the next pass's first batch. `labels` keeps only rows with those label
@@ -63,24 +63,13 @@ class ChunkStream:
             keep &= rows["index"] % self.world_size == self.rank
         return rows if bool(keep.all()) else {key: value[keep] for key, value in rows.items()}
 
-    def _serve(self, parts, n_serve, owed, generator):
-        """Yield batches of the first n_serve rows of a permutation of parts' rows; return the rest.
-
-        The first `owed` rows (the front of the carried rows, left over from the previous pass) stay
-        ahead of all others in the permutation, so they are served first.
-        """
-        starts = torch.tensor([0, len(parts[0]["index"])])
-        n = int(starts[1]) + len(parts[1]["index"])
-        if self.shuffle:
-            order = torch.cat([torch.randperm(owed, generator=generator),
-                               owed + torch.randperm(n - owed, generator=generator)])
-        else:
-            order = torch.arange(n)
-        keys = tuple(parts[0])
-        for begin in range(0, n_serve, self.batch_size):
-            end = min(begin + self.batch_size, n_serve)
-            yield gather_rows(parts.__getitem__, starts, order[begin:end], keys, self.pin_memory)
-        return gather_rows(parts.__getitem__, starts, order[n_serve:], keys)
+    def _order(self, n, owed, generator):
+        """The serving order of n pooled rows: a permutation in which the first `owed` rows (the front
+        of the carried rows, left over from the previous pass) stay ahead of all others."""
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.cat([torch.randperm(owed, generator=generator),
+                          owed + torch.randperm(n - owed, generator=generator)])
 
     def _n_serve(self, n, owed, end_of_pass):
         """Whole batches to serve from n pooled rows: all but less than a batch at the end of a pass,
@@ -89,21 +78,45 @@ class ChunkStream:
         at_least = -(-owed // self.batch_size) * self.batch_size
         return min(n, max(n - keep, at_least)) // self.batch_size * self.batch_size
 
+    def _pools(self, chunk):
+        """Two pools, each room for the rows carried over (less than buffer_size plus a batch) and a
+        chunk: the rows of a chunk join the carried ones in one, the rows left are gathered into the
+        other. Kept for the whole stream, as fresh chunk-sized tensors cost more in page faults than
+        the copies do."""
+        rows = min(self.buffer_size + self.batch_size, len(self.index)) + max(self.index.counts)
+        return [empty_rows(chunk, rows, tuple(chunk), False) for _ in range(2)]
+
+    def _batches(self, pool, order):
+        for begin in range(0, len(order), self.batch_size):
+            rows = order[begin:begin + self.batch_size]
+            batch = empty_rows(pool, len(rows), tuple(pool), self.pin_memory)
+            for key, out in batch.items():
+                torch.index_select(pool[key], 0, rows, out=out)
+            yield batch
+
     def __iter__(self):
         generator = seeded_generator(self.seed, self.epoch, self.rank, 2)
         schedule = chain(self._schedule(), [(None, True)])
         with ThreadPoolExecutor(max_workers=1) as reader:
             k, end_of_pass = next(schedule)
             pending = reader.submit(self._read, k)
-            carried, owed = None, 0
+            pools, n_carried, owed = None, 0, 0
             for k_next, next_end_of_pass in schedule:
                 chunk = pending.result()
                 if k_next is not None:
                     pending = reader.submit(self._read, k_next)
-                parts = [carried if carried is not None else {key: value[:0] for key, value in chunk.items()}, chunk]
-                n = len(parts[0]["index"]) + len(chunk["index"])
+                pools = pools or self._pools(chunk)
+                n = n_carried + len(chunk["index"])
+                for key, value in chunk.items():
+                    pools[0][key][n_carried:n] = value
+                del chunk
                 n_serve = n if k_next is None else self._n_serve(n, owed, end_of_pass)
-                carried = yield from self._serve(parts, n_serve, owed, generator)
+                order = self._order(n, owed, generator)
+                yield from self._batches(pools[0], order[:n_serve])
+                n_carried = n - n_serve
+                for key, value in pools[0].items():
+                    torch.index_select(value, 0, order[n_serve:], out=pools[1][key][:n_carried])
+                pools.reverse()
                 owed = n - n_serve if end_of_pass else max(0, owed - n_serve)
                 end_of_pass = next_end_of_pass
 
