@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 
-from bench.bench_loader import disk_sequential_read_mb_s, drop_page_cache
+from bench.bench_loader import drop_page_cache
 from common.errors import InputError, exit_on_input_error
 from common.files import (atomic_write_json, bytes_on_disk, human_bytes, memory_available_bytes,
                           memory_cgroup_folders)
@@ -266,9 +266,17 @@ def loaders(chunk_dir, cgroup_procs, batch_size, max_seconds):
     return results
 
 
-def disk_read_mb_s(chunk_dir):
+DISK_CHILD = ("import sys; sys.path.insert(0, {repo!r}); from bench.bench_loader import disk_sequential_read_mb_s; "
+              "print('RESULT', disk_sequential_read_mb_s(sys.argv[1:]))")
+
+
+def disk_read_mb_s(chunk_dir, cgroup_procs):
+    """The disk's sequential read rate over the bytes a pass reads: every train chunk file read start to
+    end, in the cgroup, from a dropped page cache."""
     drop_caches()
-    return disk_sequential_read_mb_s(max(Path(chunk_dir).glob("train_chunk_*.pt"), key=lambda p: p.stat().st_size))
+    paths = sorted(str(p) for p in Path(chunk_dir).glob("train_chunk_*.pt"))
+    done = run_in(cgroup_procs, [sys.executable, "-c", DISK_CHILD.format(repo=str(REPO)), *paths], timeout=3600)
+    return child_figure(done.stdout, "RESULT")
 
 
 def training_rate(chunk_dir, cgroup_procs, output_root, steps):
@@ -368,8 +376,8 @@ def measure_loading(args, chunk_dir):
     print(f"\nloading {human_bytes(size)} of train chunks ({size / memory:.2f}x the {human_bytes(memory)} of "
           f"{'the memory cgroup' if cgroup else 'memory available'}); page cache "
           f"{'dropped' if drop_caches() else 'of the chunk files dropped (fadvise)'} before each", flush=True)
-    disk = disk_read_mb_s(chunk_dir)
-    print(f"disk sequential read: {disk:.0f} MB/s", flush=True)
+    disk = disk_read_mb_s(chunk_dir, cgroup)
+    print(f"disk sequential read (every train chunk file, in turn): {disk:.0f} MB/s", flush=True)
     modes = loaders(chunk_dir, cgroup, 64, args.pass_seconds)
     for result in modes:
         print("  " + format_loader(result, disk), flush=True)
