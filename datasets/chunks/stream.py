@@ -11,7 +11,7 @@ from itertools import chain, count
 import torch
 
 from common.errors import InputError
-from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
+from datasets.chunks.format import CHUNK_DTYPES, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
 from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows, load_chunk,
                                     positives_per_batch, seeded_generator, use_pinned_memory)
 
@@ -21,8 +21,8 @@ class ChunkStream:
 
     Each chunk file is read whole and sequentially (the next one in a background thread while the
     current one is served). Its rows join the rows carried over, the pool is permuted and served as
-    batches until `buffer_size` rows are left to carry into the next chunk. Memory: the chunk just
-    read, the one being read, and two pools of a chunk plus the buffer. Batches hold BATCH_KEYS plus "index" (global
+    batches until `buffer_size` rows are left to carry into the next chunk. Memory: two pools of a
+    chunk plus the buffer (the chunk files' pages are the page cache's, through their memory maps). Batches hold BATCH_KEYS plus "index" (global
     sample index); each sample of the rank's share comes exactly once per pass. The last batch is
     short unless `repeat` chains passes into an endless stream: then the rows a pass leaves over
     (less than a batch) open the next pass's first batch. `labels` keeps only rows with those label
@@ -37,6 +37,7 @@ class ChunkStream:
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.labels = None if labels is None else torch.tensor(labels, dtype=torch.int8)
         self.repeat, self.pin_memory, self.epoch = repeat, use_pinned_memory(pin_memory), 0
+        self.chunk_row = min(self.buffer_size + batch_size, len(index))
         self.bytes_read = 0
 
     def set_epoch(self, epoch):
@@ -51,17 +52,22 @@ class ChunkStream:
             mine = (order[self.rank::self.world_size] if n >= self.world_size else order).tolist()
             yield from ((k, i == len(mine) - 1) for i, k in enumerate(mine))
 
-    def _read(self, k):
-        chunk = load_chunk(self.index.paths[k], self.index.counts[k], self.index.patch_size, mmap=False)
+    def _read(self, k, pool):
+        """Copy chunk k's rows (those of `labels`, of this rank's share) into `pool` from row
+        `chunk_row` on, straight from its memory map; return how many."""
+        chunk = load_chunk(self.index.paths[k], self.index.counts[k], self.index.patch_size, mmap=True)
         self.bytes_read += self.index.paths[k].stat().st_size
-        rows = {key: chunk[key] for key in BATCH_KEYS}
-        rows["index"] = self.index.starts[k] + torch.arange(self.index.counts[k])
         keep = torch.ones(self.index.counts[k], dtype=torch.bool)
         if self.labels is not None:
-            keep &= torch.isin(rows["label"], self.labels)
+            keep &= torch.isin(chunk["label"], self.labels)
         if len(self.index.paths) < self.world_size:
-            keep &= rows["index"] % self.world_size == self.rank
-        return rows if bool(keep.all()) else {key: value[keep] for key, value in rows.items()}
+            keep &= (self.index.starts[k] + torch.arange(self.index.counts[k])) % self.world_size == self.rank
+        rows = keep.nonzero().squeeze(1)
+        end = self.chunk_row + len(rows)
+        for key in BATCH_KEYS:
+            torch.index_select(chunk[key], 0, rows, out=pool[key][self.chunk_row:end])
+        pool["index"][self.chunk_row:end] = self.index.starts[k] + rows
+        return len(rows)
 
     def _order(self, n, owed, generator):
         """The serving order of n pooled rows: a permutation in which the first `owed` rows (the front
@@ -78,13 +84,14 @@ class ChunkStream:
         at_least = -(-owed // self.batch_size) * self.batch_size
         return min(n, max(n - keep, at_least)) // self.batch_size * self.batch_size
 
-    def _pools(self, chunk):
-        """Two pools, each room for the rows carried over (less than buffer_size plus a batch) and a
-        chunk: the rows of a chunk join the carried ones in one, the rows left are gathered into the
-        other. Kept for the whole stream, as fresh chunk-sized tensors cost more in page faults than
-        the copies do."""
-        rows = min(self.buffer_size + self.batch_size, len(self.index)) + max(self.index.counts)
-        return [empty_rows(chunk, rows, tuple(chunk), False) for _ in range(2)]
+    def _pools(self):
+        """Two pools of rows, kept for the whole stream (fresh chunk-sized tensors cost more in page
+        faults than the copies): the rows carried over (less than buffer_size plus a batch) at the
+        front, a chunk's rows from row `chunk_row` on. The reader fills one while the other is served."""
+        rows = self.chunk_row + max(self.index.counts)
+        shapes = {"patches": (rows, self.index.patch_size, self.index.patch_size)}
+        return [{key: torch.empty(shapes.get(key, (rows,)), dtype=CHUNK_DTYPES[key]) for key in BATCH_KEYS}
+                | {"index": torch.empty(rows, dtype=torch.long)} for _ in range(2)]
 
     def _batches(self, pool, order):
         for begin in range(0, len(order), self.batch_size):
@@ -97,25 +104,22 @@ class ChunkStream:
     def __iter__(self):
         generator = seeded_generator(self.seed, self.epoch, self.rank, 2)
         schedule = chain(self._schedule(), [(None, True)])
+        pools = self._pools()
         with ThreadPoolExecutor(max_workers=1) as reader:
             k, end_of_pass = next(schedule)
-            pending = reader.submit(self._read, k)
-            pools, n_carried, owed = None, 0, 0
+            pending = reader.submit(self._read, k, pools[0])
+            n_carried, owed = 0, 0
             for k_next, next_end_of_pass in schedule:
-                chunk = pending.result()
+                n = n_carried + pending.result()
                 if k_next is not None:
-                    pending = reader.submit(self._read, k_next)
-                pools = pools or self._pools(chunk)
-                n = n_carried + len(chunk["index"])
-                for key, value in chunk.items():
-                    pools[0][key][n_carried:n] = value
-                del chunk
+                    pending = reader.submit(self._read, k_next, pools[1])
                 n_serve = n if k_next is None else self._n_serve(n, owed, end_of_pass)
                 order = self._order(n, owed, generator)
-                yield from self._batches(pools[0], order[:n_serve])
+                rows = torch.where(order < n_carried, order, order - n_carried + self.chunk_row)
+                yield from self._batches(pools[0], rows[:n_serve])
                 n_carried = n - n_serve
                 for key, value in pools[0].items():
-                    torch.index_select(value, 0, order[n_serve:], out=pools[1][key][:n_carried])
+                    torch.index_select(value, 0, rows[n_serve:], out=pools[1][key][:n_carried])
                 pools.reverse()
                 owed = n - n_serve if end_of_pass else max(0, owed - n_serve)
                 end_of_pass = next_end_of_pass
