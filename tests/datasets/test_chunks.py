@@ -297,6 +297,8 @@ def test_chunk_stream_in_file_order_and_by_rank(three_chunks):
     shares = [set(torch.cat([b["index"] for b in ChunkStream(index, 4, seed=1, rank=r, world_size=2)]).tolist())
               for r in range(2)]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(33))
+    rows = [torch.cat([b["index"] for b in ChunkStream(index, 4, seed=1, rank=r, world_size=5)]) for r in range(5)]
+    assert [sorted(share.tolist()) for share in rows] == [list(range(r, 33, 5)) for r in range(5)]  # 3 chunks, 5 ranks
 
 
 def test_pu_stream_exact_ratio(three_chunks):
