@@ -33,7 +33,7 @@ from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_fl
                                           shard_dir)
 from datasets.preprocessing.run import describe_facts, preprocessing_facts, print_summary, run_preprocessing
 from datasets.prior import counted_prior, partial_labels_windows, positive_fraction, prior_record
-from datasets.sampling.coco_pu import LABEL_MODES, coco_pu_samples
+from datasets.sampling.coco_pu import LABEL_MODES, WINDOW_BASES, coco_pu_samples
 from training.prior_estimate import CITATION, estimate_missing_density
 
 TOOL = "preprocess_coco_full_dataset"
@@ -145,6 +145,15 @@ def estimated_prior(done, output_dir, metadata, diameter, achieved):
             "far_windows_with_particle": estimate.alpha, "estimated_particles_per_micrograph": expected, **achieved}
 
 
+def window_basis_count(pre):
+    """The particle count far negatives and random windows are drawn per on a train micrograph, when it is
+    not the labeled count: the expected count, for partial labels with `unlabeled_windows_per: expected`."""
+    if pre["unlabeled_windows_per"] not in WINDOW_BASES:
+        raise InputError(f"unlabeled_windows_per {pre['unlabeled_windows_per']!r} is not one of {', '.join(WINDOW_BASES)}")
+    use_expected = pre["labels"] == "partial" and pre["unlabeled_windows_per"] == "expected"
+    return pre["expected_particles"] if use_expected else None
+
+
 def select_train(records, max_images):
     if max_images is None:
         return records
@@ -163,12 +172,15 @@ def run(config, args, shard):
     facts = preprocessing_facts(pre, records)
     if shard is not None:
         records = [r for r in records if r.index % shard[1] == shard[0]]
+    window_particles = window_basis_count(pre)
     sampler = partial(coco_pu_samples, size=pre["patch_size"], diameter=facts.particle_diameter_px * facts.scale,
                       labels=pre["labels"], hide_ratio=pre["hide_ratio"], neg_per_pos=pre["neg_per_pos"],
                       neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
                       offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"],
-                      random_per_pos=pre["random_per_pos"], centre_radius=pre["centre_radius"])
-    stored = {**pre, "data_root": str(Path(data["data_root"]).resolve()), "annotations": data["annotations"],
+                      random_per_pos=pre["random_per_pos"], centre_radius=pre["centre_radius"],
+                      expected_particles=window_particles)
+    stored = {**pre, "window_particles": window_particles,  # expected_particles alone only changes pi
+              "data_root": str(Path(data["data_root"]).resolve()), "annotations": data["annotations"],
               "known_negatives": data["known_negatives"], "shard": args.shard, "label_source": report["label_source"]}
     for split in SPLITS:
         print(f"Processing {split} split: {sum(r.split == split for r in records)} micrographs")

@@ -69,27 +69,29 @@ def write_blind_dataset(root, out, fraction, seed=42):
 def ours(data, out, expected, args, minutes, log):
     """The user's path on the blind folder, as run_full_training.sh runs it: preprocess (partial), train, pick
     the test split with the same count (it only sets the written threshold), evaluate."""
+    preprocess_set = ["--set", *args.preprocess_set] if args.preprocess_set else []
     sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", data, "--output-dir", out / "chunks",
-        "--labels", "partial", "--expected-particles", f"{expected:.1f}", "--num-workers", "2"], log)
-    budget = ["--set", f"training.max_minutes={minutes:.3f}"] if minutes else []
+        "--labels", "partial", "--expected-particles", f"{expected:.1f}", "--num-workers", "2", *preprocess_set], log)
+    overrides = [*args.set, *([f"training.max_minutes={minutes:.3f}"] if minutes else [])]
     sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", out / "chunks", "--exp-name",
-        "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu", *budget], log)
+        "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu",
+        *(["--set", *overrides] if overrides else [])], log)
     pick = sh([sys.executable, "pick_particles.py", "--checkpoint", out / "runs" / "ours" / "best.pt",
-               "--micrographs", data / "test", "--output-dir", out / "picks", "--expected-particles",
+               "--micrographs", data / args.score_split, "--output-dir", out / "picks", "--expected-particles",
                f"{expected:.1f}", "--device", "cpu"], log)
     results = json.loads((out / "runs" / "ours" / "results.json").read_text())
-    return {**evaluate(out / "picks", data, out / "eval.json", log), "prior": results["prior"],
-            "train_s": results["timings"]["train_seconds"], "pick_s_per_mic": pick / test_count(data)}
+    return {**evaluate(out / "picks", data, args.score_split, out / "eval.json", log), "prior": results["prior"],
+            "train_s": results["timings"]["train_seconds"], "pick_s_per_mic": pick / split_count(data, args.score_split)}
 
 
-def evaluate(picks, data, output, log):
+def evaluate(picks, data, split, output, log):
     sh([sys.executable, "evaluate_picks.py", "--picks", picks, "--ground-truth",
-        data / "annotations" / "instances_test.json", "--output", output], log)
+        data / "annotations" / f"instances_{split}.json", "--output", output], log)
     return json.loads(Path(output).read_text())
 
 
-def test_count(data):
-    return len(list((data / "test").iterdir()))
+def split_count(data, split):
+    return len(list((data / split).iterdir()))
 
 
 def topaz_binning(diameter):
@@ -103,7 +105,7 @@ def topaz(data, out, expected, args, log):
     records, _ = load_dataset(data, read_truth=False)
     binning = topaz_binning(dataset_diameter(records))
     work = out / "topaz"
-    for split in ("train", "test"):
+    for split in ("train", args.score_split):
         (work / split).mkdir(parents=True, exist_ok=True)
         mrcs = as_mrc(sorted(Path(r.path) for r in records if r.split == split), work / f"{split}_mrc")
         sh(topaz_preprocess(mrcs, work / split, binning=binning), log)
@@ -117,13 +119,13 @@ def topaz(data, out, expected, args, log):
                            epoch_size=args.topaz_epoch_size, prefix=work / "model", log=work / "train_log.txt"), log)
     model = work / f"model_epoch{args.topaz_epochs}.sav"
     radius = max(1, int(round(dataset_diameter(records) / binning / 2)))
-    extract = sh(topaz_extract(model, sorted((work / "test").glob("*.mrc")), work / "picks.txt",
+    extract = sh(topaz_extract(model, sorted((work / args.score_split).glob("*.mrc")), work / "picks.txt",
                                radius=radius, binning=binning), log)
     picks = out / "picks_topaz"
     picks.mkdir(exist_ok=True)
     shutil.copy(work / "picks.txt", picks / "picks.txt")
-    return {**evaluate(picks, data, out / "eval_topaz.json", log), "prior": pi, "train_s": train,
-            "pick_s_per_mic": extract / test_count(data), "binning": binning}
+    return {**evaluate(picks, data, args.score_split, out / "eval_topaz.json", log), "prior": pi, "train_s": train,
+            "pick_s_per_mic": extract / split_count(data, args.score_split), "binning": binning}
 
 
 def get_args_parser():
@@ -138,6 +140,11 @@ def get_args_parser():
                         help="Topaz is skipped with a message where `topaz` is not installed")
     parser.add_argument("--topaz-epochs", type=int, default=10)
     parser.add_argument("--topaz-epoch-size", type=int, default=500)
+    parser.add_argument("--score-split", choices=("test", "val"), default="test",
+                        help="the split picked and scored: val to choose settings, test to report them")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of our training config")
+    parser.add_argument("--preprocess-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of the PU split, e.g. preprocessing.unlabeled_windows_per=expected")
     return parser
 
 
@@ -159,7 +166,7 @@ def main(argv=None):
         if "ours" in args.pickers:
             rows.append((fraction, "ours", ours(case / "data", case, expected, args, minutes, log)))
         print(format_row(*rows[-1]), flush=True)
-    print(f"\n{Path(args.data_root).name}: ours with {args.config}; Topaz 0.3.20 GE-binomial, "
+    print(f"\n{Path(args.data_root).name}, {args.score_split} split: ours with {args.config}; Topaz 0.3.20 GE-binomial, "
           f"{args.topaz_epochs} x {args.topaz_epoch_size} minibatches")
     print(f"{'F':>5s} {'picker':>6s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'pi':>7s} "
           f"{'train s':>8s} {'pick s/mic':>10s}")

@@ -10,6 +10,7 @@ from datasets.sampling.windows import (BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABEL
                                        with_patches)
 
 LABEL_MODES = ("partial", "complete")
+WINDOW_BASES = ("expected", "labeled")
 
 
 def negative_candidates(height, width, particles_xy, *, size, spacing, min_distance):
@@ -97,7 +98,7 @@ def _known_negatives(centres, truth_xy, diameter, complete=True):
 
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter, labels,
                     hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance,
-                    offcentre_label, random_per_pos, centre_radius, train):
+                    offcentre_label, random_per_pos, centre_radius, train, expected_particles=None):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
 
     Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
@@ -115,7 +116,10 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     `labels="partial"` (a user's own labels, never complete): nothing is hidden (`hide_ratio` is 0),
     `truth_xy` is None, and train samples whose truth nobody knows (far negatives, random windows off
     the labeled particles) are `unlabeled` with true_label -1; pi then comes from the expected particle
-    count (datasets/prior.py), and the stats hold what that needs.
+    count (datasets/prior.py), and the stats hold what that needs. With `expected_particles` (partial
+    labels), the far negatives and random windows of a train micrograph are counted per particle it is
+    expected to hold, labeled or not, rather than per labeled particle: the unlabeled set then covers a
+    micrograph alike whatever fraction of its particles a user clicked.
     """
     height, width = image.shape
     n = len(particles_xy)
@@ -126,7 +130,8 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     centres_hid = np.rint(hidden).astype(np.int64)
     np.clip(centres_pos, 0, [width - 1, height - 1], out=centres_pos)
     np.clip(centres_hid, 0, [width - 1, height - 1], out=centres_hid)
-    wanted = int(round(neg_per_pos * n))
+    n_windows = max(n, expected_particles) if train and expected_particles else n
+    wanted = int(round(neg_per_pos * n_windows))
     candidates = negative_candidates(height, width, particles_xy, size=size,
                                      spacing=diameter / 4, min_distance=neg_min_distance * diameter)
     take = min(wanted, len(candidates))
@@ -154,7 +159,7 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
         parts.append(_known_negatives(centres_kn, None, diameter))
-    n_random = int(round(random_per_pos * n))
+    n_random = int(round(random_per_pos * n_windows))
     if n_random:
         parts.append(_random_window_samples(rng, particles_xy if truth_xy is None else truth_xy,
                                             count=n_random, centre_radius=centre_radius * diameter,

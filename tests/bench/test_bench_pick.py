@@ -71,3 +71,22 @@ def test_topaz_runs_first_on_the_same_blind_folder_and_caps_our_training_time(wo
     assert resolved["training"]["max_minutes"] == pytest.approx(topaz["train_s"] / 60, abs=1e-3)
     summary = json.loads((tmp_path / "out" / "bench_summary.json").read_text())
     assert set(summary) == {"0.5/topaz", "0.5/ours"} and summary["0.5/ours"]["auprc"] == ours["auprc"]
+
+
+@pytest.mark.slow
+def test_settings_are_chosen_on_val_with_the_overrides_given(world, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir",
+                     str(tmp_path / "out"), "--config", str(config), "--pickers", "ours", "--score-split", "val",
+                     "--set", "training.seed=3", "--preprocess-set", "preprocessing.unlabeled_windows_per=expected"])
+    case = tmp_path / "out" / "F0.5"
+    val, _ = read_coco(case / "data" / "annotations" / "instances_val.json")
+    test, _ = read_coco(case / "data" / "annotations" / "instances_test.json")
+    scored = json.loads((case / "eval.json").read_text())
+    assert scored["n_targets"] == sum(map(len, val.values())) != sum(map(len, test.values()))
+    picked = {p.stem for p in (case / "picks" / "candidates").glob("*.npy")}
+    assert picked == set(val)
+    assert yaml.safe_load((case / "runs" / "ours" / "config.yaml").read_text())["training"]["seed"] == 3
+    meta = json.loads((case / "chunks" / "metadata.json").read_text())
+    assert meta["config"]["unlabeled_windows_per"] == "expected"

@@ -9,6 +9,7 @@ import pytest
 import make_synthetic_dataset
 import preprocess_coco_full_dataset
 from datasets.io.coordinates import read_cryoppp_csv
+from datasets.sampling.coco_pu import coco_pu_samples
 
 SYNTHETIC = ["--num-train", "4", "--num-val", "1", "--num-test", "1", "--width", "512", "--height", "512",
              "--particle-diameter", "32", "--density", "0.2", "--label-fraction", "0.6", "--seed", "8"]
@@ -89,3 +90,40 @@ def test_a_new_count_recomputes_pi_without_redoing_the_chunks(data, tmp_path):
     assert again["already_complete"] and first["priors"]["prior_unlabeled"] < again["priors"]["prior_unlabeled"] < 1
     assert chunk_bytes(out) == before
     assert json.loads((out / "metadata.json").read_text())["priors"] == again["priors"]
+
+
+def test_unlabeled_windows_follow_the_expected_count_not_the_clicks():
+    """With unlabeled_windows_per: expected, a micrograph's far negatives and random windows are counted per
+    particle it holds (the expected count), so clicking fewer of them does not shrink its unlabeled set."""
+    image = np.random.default_rng(0).integers(0, 255, (512, 512), dtype=np.uint8)
+    particles = np.random.default_rng(1).uniform(40, 472, (30, 2))
+    settings = dict(size=64, diameter=32.0, labels="partial", hide_ratio=0.0, neg_per_pos=1.0, neg_min_distance=1.5,
+                    offcentre_per_pos=1.0, offcentre_distance=(0.5, 1.0), offcentre_label="known_negative",
+                    random_per_pos=2.0, centre_radius=0.125, train=True)
+    for clicked in (30, 10, 3):
+        _, per_expected = coco_pu_samples(image, particles[:clicked], None, None, np.random.default_rng(2),
+                                          expected_particles=30, **settings)
+        _, per_labeled = coco_pu_samples(image, particles[:clicked], None, None, np.random.default_rng(2), **settings)
+        assert (per_expected["negatives_wanted"], per_expected["random_windows"]) == (30, 60)
+        assert (per_labeled["negatives_wanted"], per_labeled["random_windows"]) == (clicked, 2 * clicked)
+        assert per_expected["offcentre_wanted"] == per_labeled["offcentre_wanted"] == clicked  # beside the clicked
+    _, more_clicked = coco_pu_samples(image, particles, None, None, np.random.default_rng(2), expected_particles=10,
+                                      **settings)
+    assert more_clicked["random_windows"] == 60  # never fewer than per labeled particle
+
+
+def test_unlabeled_windows_per_must_be_known(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        preprocess(data, tmp_path / "o", "--expected-particles", "40", "--set",
+                   "preprocessing.unlabeled_windows_per=area")
+    assert "unlabeled_windows_per 'area' is not one of expected, labeled" in capsys.readouterr().err
+
+
+def test_a_new_count_is_refused_where_it_drew_the_unlabeled_windows(data, tmp_path, capsys):
+    out, per_expected = tmp_path / "chunks", ["--set", "preprocessing.unlabeled_windows_per=expected"]
+    first = preprocess(data, out, "--expected-particles", "40", *per_expected)
+    labeled_basis = preprocess(data, tmp_path / "labeled", "--expected-particles", "40")
+    assert first["splits"]["train"]["unlabeled"] > labeled_basis["splits"]["train"]["unlabeled"]
+    with pytest.raises(SystemExit):
+        preprocess(data, out, "--expected-particles", "60", *per_expected)
+    assert "different config (window_particles)" in capsys.readouterr().err
