@@ -37,7 +37,9 @@ class ChunkStream:
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.labels = None if labels is None else torch.tensor(labels, dtype=torch.int8)
         self.repeat, self.pin_memory, self.epoch = repeat, use_pinned_memory(pin_memory), 0
-        self.chunk_row = min(self.buffer_size + batch_size, len(index))
+        # rows carried over: fewer than buffer_size + a batch, and than the split + a batch (a repeating
+        # stream carries a pass's leftovers into the next)
+        self.chunk_row = min(self.buffer_size, len(index)) + batch_size
         self.bytes_read = 0
 
     def set_epoch(self, epoch):
@@ -86,8 +88,8 @@ class ChunkStream:
 
     def _pools(self):
         """Two pools of rows, kept for the whole stream (fresh chunk-sized tensors cost more in page
-        faults than the copies): the rows carried over (less than buffer_size plus a batch) at the
-        front, a chunk's rows from row `chunk_row` on. The reader fills one while the other is served."""
+        faults than the copies): the rows carried over at the front, a chunk's rows from row
+        `chunk_row` on. The reader fills one while the other is served."""
         rows = self.chunk_row + max(self.index.counts)
         shapes = {"patches": (rows, self.index.patch_size, self.index.patch_size)}
         return [{key: torch.empty(shapes.get(key, (rows,)), dtype=CHUNK_DTYPES[key]) for key in BATCH_KEYS}

@@ -290,6 +290,19 @@ def test_chunk_stream_yields_each_sample_once_per_pass(three_chunks, buffer_size
     assert not torch.equal(order, torch.arange(33))
 
 
+@pytest.mark.parametrize("batch_size, buffer_size", [(40, 16384), (4, 6), (7, 100)])
+def test_a_repeating_stream_serves_every_sample_with_its_own_patch(three_chunks, batch_size, buffer_size):
+    """Passes chained, also when a batch or the buffer is larger than the whole split (the rows carried
+    over then exceed it): every sample keeps its own patch, and where a batch fits in a pass the first
+    k x 33 samples served are every sample k times."""
+    stream = iter(ChunkStream(open_chunk_dirs(three_chunks, "train"), batch_size, buffer_size, seed=2, repeat=True))
+    batches = [next(stream) for _ in range(-(-5 * 33 // batch_size))]
+    assert all(torch.equal(sample_ids(b["patches"]), b["index"]) for b in batches)
+    served = torch.cat([b["index"] for b in batches])[:5 * 33]
+    if batch_size < 33:
+        assert torch.equal(torch.bincount(served, minlength=33), torch.full((33,), 5))
+
+
 def test_chunk_stream_in_file_order_and_by_rank(three_chunks):
     index = open_chunk_dirs(three_chunks, "train")
     in_order = torch.cat([b["index"] for b in ChunkStream(index, batch_size=5, shuffle=False)])
