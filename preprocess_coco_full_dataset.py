@@ -149,7 +149,8 @@ def window_basis_count(pre):
     """The particle count far negatives and random windows are drawn per on a train micrograph, when it is
     not the labeled count: the expected count, for partial labels with `unlabeled_windows_per: expected`."""
     if pre["unlabeled_windows_per"] not in WINDOW_BASES:
-        raise InputError(f"unlabeled_windows_per {pre['unlabeled_windows_per']!r} is not one of {', '.join(WINDOW_BASES)}")
+        raise InputError(f"unlabeled_windows_per {pre['unlabeled_windows_per']!r} is not one of "
+                         f"{', '.join(WINDOW_BASES)}")
     use_expected = pre["labels"] == "partial" and pre["unlabeled_windows_per"] == "expected"
     return pre["expected_particles"] if use_expected else None
 

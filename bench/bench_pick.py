@@ -81,7 +81,8 @@ def ours(data, out, expected, args, minutes, log):
                f"{expected:.1f}", "--device", "cpu"], log)
     results = json.loads((out / "runs" / "ours" / "results.json").read_text())
     return {**evaluate(out / "picks", data, args.score_split, out / "eval.json", log), "prior": results["prior"],
-            "train_s": results["timings"]["train_seconds"], "pick_s_per_mic": pick / split_count(data, args.score_split)}
+            "train_s": results["timings"]["train_seconds"],
+            "pick_s_per_mic": pick / split_count(data, args.score_split)}
 
 
 def evaluate(picks, data, split, output, log):
@@ -166,7 +167,8 @@ def main(argv=None):
         if "ours" in args.pickers:
             rows.append((fraction, "ours", ours(case / "data", case, expected, args, minutes, log)))
         print(format_row(*rows[-1]), flush=True)
-    print(f"\n{Path(args.data_root).name}, {args.score_split} split: ours with {args.config}; Topaz 0.3.20 GE-binomial, "
+    print(f"\n{Path(args.data_root).name}, {args.score_split} split: ours with {args.config}; "
+          f"Topaz 0.3.20 GE-binomial, "
           f"{args.topaz_epochs} x {args.topaz_epoch_size} minibatches")
     print(f"{'F':>5s} {'picker':>6s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'pi':>7s} "
           f"{'train s':>8s} {'pick s/mic':>10s}")

@@ -22,13 +22,13 @@ class ChunkStream:
     Each chunk file is read whole and sequentially (the next one in a background thread while the
     current one is served). Its rows join the rows carried over, the pool is permuted and served as
     batches until `buffer_size` rows are left to carry into the next chunk. Memory: two pools of a
-    chunk plus the buffer (the chunk files' pages are the page cache's, through their memory maps). Batches hold BATCH_KEYS plus "index" (global
-    sample index); each sample of the rank's share comes exactly once per pass. The last batch is
-    short unless `repeat` chains passes into an endless stream: then the rows a pass leaves over
-    (less than a batch) open the next pass's first batch. `labels` keeps only rows with those label
-    values. With world_size > 1 each rank reads every
-    world_size-th chunk of the epoch's order, or its share of rows of every chunk when chunks are
-    fewer than ranks. `shuffle=False` serves the rows in file order.
+    chunk plus the buffer (the chunk files' pages belong to the page cache, through their memory
+    maps). Batches hold BATCH_KEYS plus "index" (global sample index); each sample of the rank's share
+    comes exactly once per pass. The last batch is short unless `repeat` chains passes into an
+    endless stream: then the rows a pass leaves over open the next pass's first batch. `labels` keeps
+    only rows with those label values. With world_size > 1 each rank reads every world_size-th chunk
+    of the epoch's order, or its share of rows of every chunk when chunks are fewer than ranks.
+    `shuffle=False` serves the rows in file order.
     """
 
     def __init__(self, index, batch_size, buffer_size=16384, shuffle=True, seed=0, rank=0, world_size=1,
