@@ -81,6 +81,9 @@ def resolve(args):
         raise InputError(f"--hide-ratio {pre['hide_ratio']} must be in [0, 1)")
     if pre["labels"] not in LABEL_MODES:
         raise InputError(f"preprocessing.labels {pre['labels']!r} is not one of {', '.join(LABEL_MODES)}")
+    if pre["unlabeled_windows_per"] not in WINDOW_BASES:
+        raise InputError(f"preprocessing.unlabeled_windows_per {pre['unlabeled_windows_per']!r} is not one of "
+                         f"{', '.join(WINDOW_BASES)}")
     if pre["labels"] == "partial" and pre["hide_ratio"]:
         raise InputError(f"--hide-ratio {pre['hide_ratio']} hides labels you gave, but with --labels partial they "
                          f"are all there is: drop --hide-ratio, or use --labels complete for a research split")
@@ -148,9 +151,6 @@ def estimated_prior(done, output_dir, metadata, diameter, achieved):
 def window_basis_count(pre):
     """The particle count far negatives and random windows are drawn per on a train micrograph, when it is
     not the labeled count: the expected count, for partial labels with `unlabeled_windows_per: expected`."""
-    if pre["unlabeled_windows_per"] not in WINDOW_BASES:
-        raise InputError(f"unlabeled_windows_per {pre['unlabeled_windows_per']!r} is not one of "
-                         f"{', '.join(WINDOW_BASES)}")
     use_expected = pre["labels"] == "partial" and pre["unlabeled_windows_per"] == "expected"
     return pre["expected_particles"] if use_expected else None
 
