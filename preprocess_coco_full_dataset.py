@@ -179,7 +179,7 @@ def run(config, args, shard):
                       neg_min_distance=pre["neg_min_distance"], offcentre_per_pos=pre["offcentre_per_pos"],
                       offcentre_distance=tuple(pre["offcentre_distance"]), offcentre_label=pre["offcentre_label"],
                       random_per_pos=pre["random_per_pos"], centre_radius=pre["centre_radius"],
-                      expected_particles=window_particles)
+                      window_particles=window_particles)
     stored = {**pre, "window_particles": window_particles,  # expected_particles alone only changes pi
               "data_root": str(Path(data["data_root"]).resolve()), "annotations": data["annotations"],
               "known_negatives": data["known_negatives"], "shard": args.shard, "label_source": report["label_source"]}

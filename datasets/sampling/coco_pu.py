@@ -98,7 +98,7 @@ def _known_negatives(centres, truth_xy, diameter, complete=True):
 
 def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, size, diameter, labels,
                     hide_ratio, neg_per_pos, neg_min_distance, offcentre_per_pos, offcentre_distance,
-                    offcentre_label, random_per_pos, centre_radius, train, expected_particles=None):
+                    offcentre_label, random_per_pos, centre_radius, train, window_particles=None):
     """The COCO PU split of one micrograph (particle-centred positives, hidden positives, negatives).
 
     Train: a seeded `hide_ratio` of the annotated particles is hidden in the unlabeled set; far negatives
@@ -116,10 +116,11 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     `labels="partial"` (a user's own labels, never complete): nothing is hidden (`hide_ratio` is 0),
     `truth_xy` is None, and train samples whose truth nobody knows (far negatives, random windows off
     the labeled particles) are `unlabeled` with true_label -1; pi then comes from the expected particle
-    count (datasets/prior.py), and the stats hold what that needs. With `expected_particles` (partial
-    labels), the far negatives and random windows of a train micrograph are counted per particle it is
-    expected to hold, labeled or not, rather than per labeled particle: the unlabeled set then covers a
-    micrograph alike whatever fraction of its particles a user clicked.
+    count (datasets/prior.py), and the stats hold what that needs. With `window_particles` (partial
+    labels: the expected count per micrograph), the far negatives and random windows of a train
+    micrograph are counted per particle it is expected to hold, labeled or not, rather than per labeled
+    particle: the unlabeled set then covers a micrograph alike whatever fraction of its particles a
+    user clicked.
     """
     height, width = image.shape
     n = len(particles_xy)
@@ -130,7 +131,7 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     centres_hid = np.rint(hidden).astype(np.int64)
     np.clip(centres_pos, 0, [width - 1, height - 1], out=centres_pos)
     np.clip(centres_hid, 0, [width - 1, height - 1], out=centres_hid)
-    n_windows = max(n, expected_particles) if train and expected_particles else n
+    n_windows = max(n, window_particles) if train and window_particles else n
     wanted = int(round(neg_per_pos * n_windows))
     candidates = negative_candidates(height, width, particles_xy, size=size,
                                      spacing=diameter / 4, min_distance=neg_min_distance * diameter)

@@ -102,12 +102,12 @@ def test_unlabeled_windows_follow_the_expected_count_not_the_clicks():
                     random_per_pos=2.0, centre_radius=0.125, train=True)
     for clicked in (30, 10, 3):
         _, per_expected = coco_pu_samples(image, particles[:clicked], None, None, np.random.default_rng(2),
-                                          expected_particles=30, **settings)
+                                          window_particles=30, **settings)
         _, per_labeled = coco_pu_samples(image, particles[:clicked], None, None, np.random.default_rng(2), **settings)
         assert (per_expected["negatives_wanted"], per_expected["random_windows"]) == (30, 60)
         assert (per_labeled["negatives_wanted"], per_labeled["random_windows"]) == (clicked, 2 * clicked)
         assert per_expected["offcentre_wanted"] == per_labeled["offcentre_wanted"] == clicked  # beside the clicked
-    _, more_clicked = coco_pu_samples(image, particles, None, None, np.random.default_rng(2), expected_particles=10,
+    _, more_clicked = coco_pu_samples(image, particles, None, None, np.random.default_rng(2), window_particles=10,
                                       **settings)
     assert more_clicked["random_windows"] == 60  # never fewer than per labeled particle
 
