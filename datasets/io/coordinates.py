@@ -166,7 +166,7 @@ def read_coco(json_path):
 def read_cryoppp_csv(path, micrograph=None):
     """CryoPPP csv (one micrograph, named by `micrograph` or the csv stem) -> ParticleTable.
 
-    A file of numbers only is read by the csv module (a fifteenth of pandas' time: thousands of label files
+    A file of numbers only is read by the csv module (a ninth of pandas' time: thousands of label files
     are read before a resumed run can go on); anything else goes through pandas and its messages."""
     path = Path(path)
     particles = _cryoppp_numbers(path)
