@@ -32,7 +32,7 @@ from datasets.io.layout import SPLITS, load_dataset
 from datasets.preprocessing.flags import (SHARED_FLAG_KEYS, add_preprocessing_flags, resolve_preprocessing_config,
                                           shard_dir)
 from datasets.preprocessing.run import describe_facts, preprocessing_facts, print_summary, run_preprocessing
-from datasets.prior import counted_prior, partial_labels_windows, positive_fraction, prior_record
+from datasets.prior import counted_prior, expected_missing, partial_labels_windows, positive_fraction, prior_record
 from datasets.sampling.coco_pu import LABEL_MODES, WINDOW_BASES, coco_pu_samples
 from training.prior_estimate import CITATION, estimate_missing_density
 
@@ -126,8 +126,8 @@ def coco_priors(metadata, *, output_dir):
     if below:
         warnings.warn(f"--expected-particles {pre['expected_particles']:g} is below the labeled count of "
                       f"{len(below)} train micrograph(s) (e.g. {below[0]}); there they count as fully labeled")
-    positives, unlabeled = partial_labels_windows(
-        done, lambda entry: max(pre["expected_particles"] - entry["n_labeled"], 0.0), diameter, pre["centre_radius"])
+    positives, unlabeled = partial_labels_windows(done, expected_missing(pre["expected_particles"]), diameter,
+                                                  pre["centre_radius"])
     return prior_record("expected_particles", positives, unlabeled, **achieved)
 
 
@@ -140,7 +140,7 @@ def estimated_prior(done, output_dir, metadata, diameter, achieved):
     if estimate.reason is not None:
         return {"prior_unlabeled": None, "method": f"unknown: {estimate.reason}", **achieved}
     positives, unlabeled = partial_labels_windows(
-        done, lambda entry: estimate.density_per_px * entry["free_area_px"], diameter, pre["centre_radius"])
+        done, lambda entry: (estimate.density_per_px * entry["free_area_px"],) * 2, diameter, pre["centre_radius"])
     expected = sum(m["n_labeled"] + estimate.density_per_px * m["free_area_px"] for m in done) / max(len(done), 1)
     return {"prior_unlabeled": None, "method": f"unknown: no --expected-particles (BBE suggests about {expected:.0f} "
                                                f"particles per micrograph; check it on a few micrographs)",

@@ -39,16 +39,16 @@ def mean_train_particles(root):
                           if path.stem in train]))
 
 
-def priors(root, work, base):
-    """(counted, from the expected count, BBE) π of one dataset folder with ground_truth/."""
+def priors(root, work, base, bbe=True):
+    """(counted, from the expected count, BBE or None) π of one dataset folder with ground_truth/."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         counted = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "counted"), "--labels",
                                                             "complete"])
         expected = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "expected"),
                                                              "--expected-particles", str(mean_train_particles(root))])
-        estimated = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "bbe")])
+        estimated = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "bbe")]) if bbe else None
     return [counted["priors"]["prior_unlabeled"], expected["priors"]["prior_unlabeled"],
-            estimated["priors"].get("bbe_prior_unlabeled")]
+            estimated["priors"].get("bbe_prior_unlabeled") if bbe else None]
 
 
 def synthetic_case(work, args, density, labeled, seed):
@@ -58,16 +58,16 @@ def synthetic_case(work, args, density, labeled, seed):
                                      str(args.size), "--particle-diameter", str(args.particle_diameter),
                                      "--density", str(density), "--label-fraction", str(labeled), "--seed", str(seed)])
     return priors(work / "data", work, ["--data-root", str(work / "data"), "--patch-size", "64",
-                                        "--target-diameter", "32"])
+                                        "--target-diameter", "32"], bbe=not args.skip_bbe)
 
 
-def real_case(work, data_root, fraction):
+def real_case(work, data_root, fraction, bbe=True):
     """The blind benchmark's folder at `fraction`, with the set's complete train labels as ground_truth/."""
     write_blind_dataset(data_root, work / "data", fraction)
     (work / "data" / "ground_truth").mkdir()
     for record in load_dataset(data_root, read_truth=False)[0]:
         write_cryoppp_csv(work / "data" / "ground_truth" / f"{record.stem}.csv", record.particles)
-    return priors(work / "data", work, ["--data-root", str(work / "data"), "--num-workers", "2"])
+    return priors(work / "data", work, ["--data-root", str(work / "data"), "--num-workers", "2"], bbe=bbe)
 
 
 def get_args_parser():
@@ -78,13 +78,14 @@ def get_args_parser():
     parser.add_argument("--data-root", help="a real set with complete labels instead of synthetic cases")
     parser.add_argument("--label-fractions", type=float, nargs="+", default=[0.7, 0.3, 0.1],
                         help="with --data-root: the train labels kept")
+    parser.add_argument("--skip-bbe", action="store_true", help="score the count's π only (BBE takes minutes a case)")
     return parser
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.data_root:
-        cases = [(f"{Path(args.data_root).name} F={f:g}", lambda work, f=f: real_case(work, args.data_root, f))
+        cases = [(f"{Path(args.data_root).name} F={f:g}", lambda work, f=f: real_case(work, args.data_root, f, not args.skip_bbe))
                  for f in args.label_fractions]
     else:
         cases = [(f"synthetic {d:g} F={f:g}", lambda work, c=(d, f, s): synthetic_case(work, args, *c))

@@ -76,27 +76,41 @@ def expected_particles_windows(micrographs, expected, radius, stride):
 
 def partial_labels_windows(micrographs, missing, diameter, centre_radius):
     """(unlabeled windows that hold an unlabeled particle, unlabeled windows) of a partial-labels COCO
-    PU split, from `missing(entry)`: the number of particles nobody labeled on a micrograph (expected -
-    n_labeled for --expected-particles, as Topaz's -n; density x free area for an estimate).
+    PU split, from `missing(entry)` = (m, m_free): the particles nobody labeled on a micrograph, all of
+    them and those in its free area F, the pixels at least a diameter from every labeled particle
+    (`expected_missing` for --expected-particles, as Topaz's -n; density x free area twice for an
+    estimate made on that area).
 
-    A train micrograph has m = missing(entry) particles nobody labeled,
-    spread uniformly where particles can still be: its free area F, the pixels at least a diameter from
-    every labeled particle. A window then holds one within the radius r that makes it positive with
-    probability min(1, m pi r^2 / F') for windows inside that free area (the far negatives, r = diameter / 2,
-    the rule that marks them in a complete split: F' = F) and m pi r^2 / A for the random windows, drawn
-    over the whole area A (r = centre_radius x diameter). Windows known to be centred on a labeled
-    particle count as positives as they are.
+    The m_free are taken as spread uniformly over F, the m over the whole area A. A window then holds
+    one within the radius r that makes it positive with probability min(1, m_free pi r^2 / F) for windows
+    inside that free area (the far negatives, r = diameter / 2, the rule that marks them in a complete
+    split) and m pi r^2 / A for the random windows, drawn over A (r = centre_radius x diameter). Windows
+    known to be centred on a labeled particle count as positives as they are.
     """
     positives = unlabeled = 0.0
     for entry in micrographs:
         if entry.get("split") != "train" or entry.get("status") != "done":
             continue
-        m = missing(entry)
-        far = min(1.0, m * math.pi * (diameter / 2) ** 2 / max(entry["free_area_px"], 1.0))
+        m, m_free = missing(entry)
+        far = min(1.0, m_free * math.pi * (diameter / 2) ** 2 / max(entry["free_area_px"], 1.0))
         near = min(1.0, m * math.pi * (centre_radius * diameter) ** 2 / entry["area_px"])
         positives += entry["unlabeled_known_positive"] + far * entry["unknown_far"] + near * entry["unknown_random"]
         unlabeled += entry["unlabeled_known_positive"] + entry["unknown_far"] + entry["unknown_random"]
     return positives, unlabeled
+
+
+def expected_missing(expected):
+    """`missing` for partial_labels_windows from the expected count E per micrograph: m = E - n_labeled,
+    and m_free = m x the share of the labeled particles that lie in the free area of the others (a
+    leave-one-out look at where particles sit; a packed micrograph's unlabeled particles sit mostly
+    between labeled ones, outside it). The share is 1 with under two labels, and for micrographs
+    preprocessed before it was recorded (`labeled_isolated`)."""
+    def missing(entry):
+        m = max(expected - entry["n_labeled"], 0.0)
+        isolated = entry.get("labeled_isolated")
+        share = isolated / entry["n_labeled"] if isolated is not None and entry["n_labeled"] >= 2 else 1.0
+        return m, m * share
+    return missing
 
 
 def read_prior(chunk_dirs) -> ClassPrior:

@@ -4,6 +4,7 @@ Inputs and outputs as in windows.py: the rescaled uint8 micrograph, particle cen
 a per-micrograph Generator; a dict of arrays in the chunk contract's terms.
 """
 import numpy as np
+from scipy.spatial import cKDTree
 
 from datasets.chunks.format import LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
 from datasets.sampling.windows import (BACKGROUND, HIDDEN, KNOWN_NEGATIVE, LABELED, UNLABELED, near, samples_of,
@@ -61,6 +62,15 @@ def free_area(height, width, particles_xy, diameter):
     grid = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
     free = ~near(grid, particles_xy, diameter - 1e-9) if len(particles_xy) else np.ones(len(grid), bool)
     return float(height * width * free.mean()) if len(grid) else 0.0
+
+
+def isolated_count(particles_xy, diameter):
+    """How many of the particles lie at least one diameter from every other one: left out of the labels,
+    they would sit in the free area of the rest (`free_area`)."""
+    if len(particles_xy) < 2:
+        return len(particles_xy)
+    distance, _ = cKDTree(particles_xy).query(particles_xy, k=2)
+    return int(np.sum(distance[:, 1] >= diameter))
 
 
 def random_windows(rng, *, count, height, width):
@@ -172,6 +182,7 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
              "offcentre_wanted": offcentre_wanted, "offcentre_found": int(len(offcentre)), "hidden": int(n_hide),
              "random_windows": n_random, "n_labeled": int(len(labeled)), "area_px": int(height * width),
              "free_area_px": free_area(height, width, labeled, diameter),
+             "labeled_isolated": isolated_count(labeled, diameter),
              "unlabeled_known_positive": int(np.sum(samples["sample_type"] == HIDDEN)),
              "unknown_far": unknown_far, "unknown_random": int(np.sum(unknown)) - unknown_far}
     return samples, stats

@@ -9,7 +9,8 @@ import pytest
 import make_synthetic_dataset
 import preprocess_coco_full_dataset
 from datasets.io.coordinates import read_cryoppp_csv
-from datasets.sampling.coco_pu import coco_pu_samples
+from datasets.prior import expected_missing, partial_labels_windows
+from datasets.sampling.coco_pu import coco_pu_samples, isolated_count
 
 SYNTHETIC = ["--num-train", "4", "--num-val", "1", "--num-test", "1", "--width", "512", "--height", "512",
              "--particle-diameter", "32", "--density", "0.2", "--label-fraction", "0.6", "--seed", "8"]
@@ -127,3 +128,29 @@ def test_a_new_count_is_refused_where_it_drew_the_unlabeled_windows(data, tmp_pa
     with pytest.raises(SystemExit):
         preprocess(data, out, "--expected-particles", "60", *per_expected)
     assert "different config (window_particles)" in capsys.readouterr().err
+
+
+def test_isolated_particles_are_those_a_diameter_from_every_other():
+    particles = np.array([[0.0, 0.0], [10.0, 0.0], [100.0, 100.0], [100.0, 131.9], [300.0, 300.0]])
+    assert isolated_count(particles, diameter=32.0) == 1  # (100, 100)-(100, 131.9) are 31.9 apart, (0, 0)-(10, 0) 10
+    assert isolated_count(particles, diameter=31.9) == 3
+    assert isolated_count(particles[:1], diameter=32.0) == 1 and isolated_count(particles[:0], diameter=32.0) == 0
+
+
+def test_the_count_places_unlabeled_particles_where_the_labeled_ones_sit():
+    """m = E - n particles nobody labeled; the share of them in the free area is the share of the labeled
+    ones that lie in the free area of the others (1 below two labels, or where metadata predates it)."""
+    missing = expected_missing(100.0)
+    assert missing({"n_labeled": 40, "labeled_isolated": 10}) == (60.0, 15.0)
+    assert missing({"n_labeled": 1, "labeled_isolated": 1}) == (99.0, 99.0)
+    assert missing({"n_labeled": 40}) == (60.0, 60.0)
+    assert missing({"n_labeled": 120, "labeled_isolated": 0}) == (0.0, 0.0)
+    entry = {"split": "train", "status": "done", "free_area_px": 1e6, "area_px": 4e6, "unlabeled_known_positive": 0,
+             "unknown_far": 100, "unknown_random": 100, "n_labeled": 40}
+    uniform, _ = partial_labels_windows([entry], missing, 32.0, 0.125)
+    packed, unlabeled = partial_labels_windows([{**entry, "labeled_isolated": 10}], missing, 32.0, 0.125)
+    far_hit = 60 * np.pi * 16 ** 2 / 1e6  # m pi (D/2)^2 / F
+    random_hit = 60 * np.pi * 4 ** 2 / 4e6
+    assert unlabeled == 200
+    assert uniform == pytest.approx(100 * (far_hit + random_hit))
+    assert packed == pytest.approx(100 * (far_hit / 4 + random_hit))
