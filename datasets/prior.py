@@ -81,19 +81,20 @@ def partial_labels_windows(micrographs, missing, diameter, centre_radius):
     (`expected_missing` for --expected-particles, as Topaz's -n; density x free area twice for an
     estimate made on that area).
 
-    The m_free are taken as spread uniformly over F, the m over the whole area A. A window then holds
-    one within the radius r that makes it positive with probability min(1, m_free pi r^2 / F) for windows
-    inside that free area (the far negatives, r = diameter / 2, the rule that marks them in a complete
-    split) and m pi r^2 / A for the random windows, drawn over A (r = centre_radius x diameter). Windows
-    known to be centred on a labeled particle count as positives as they are.
+    The m_free are taken as spread uniformly over F, the m over the whole area A. A window is a particle
+    when one is centred within r = centre_radius x diameter of its centre (the rule that marks every
+    window of a complete split), which happens with probability min(1, m_free pi r^2 / F) for windows
+    inside the free area (the far negatives) and m pi r^2 / A for the random windows, drawn over A.
+    Windows known to be centred on a labeled particle count as positives as they are.
     """
     positives = unlabeled = 0.0
     for entry in micrographs:
         if entry.get("split") != "train" or entry.get("status") != "done":
             continue
         m, m_free = missing(entry)
-        far = min(1.0, m_free * math.pi * (diameter / 2) ** 2 / max(entry["free_area_px"], 1.0))
-        near = min(1.0, m * math.pi * (centre_radius * diameter) ** 2 / entry["area_px"])
+        disk = math.pi * (centre_radius * diameter) ** 2
+        far = min(1.0, m_free * disk / max(entry["free_area_px"], 1.0))
+        near = min(1.0, m * disk / entry["area_px"])
         positives += entry["unlabeled_known_positive"] + far * entry["unknown_far"] + near * entry["unknown_random"]
         unlabeled += entry["unlabeled_known_positive"] + entry["unknown_far"] + entry["unknown_random"]
     return positives, unlabeled

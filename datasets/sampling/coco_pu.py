@@ -93,16 +93,17 @@ def _random_window_samples(rng, particles_xy, *, count, centre_radius, height, w
     return samples_of(centres, label, sample_type, np.where(centred, 1, 0 if complete else -1))
 
 
-def _on_particle(centres, particles_xy, diameter):
-    """Which window centres lie within half a diameter of a particle (none where the particles are unknown)."""
-    return near(centres, particles_xy, diameter / 2) if particles_xy is not None else np.zeros(len(centres), bool)
+def _centred(centres, particles_xy, radius):
+    """Which window centres lie within `radius` px of a particle centre (none where the particles are unknown):
+    the one rule that makes a window a particle, as for the random windows."""
+    return near(centres, particles_xy, radius) if particles_xy is not None else np.zeros(len(centres), bool)
 
 
-def _known_negatives(centres, truth_xy, diameter, complete=True):
-    """Windows labeled -1; true_label marks the ones that land on an unannotated particle (when known;
-    -1 with partial labels, where nobody knows)."""
+def _known_negatives(centres, truth_xy, radius, complete=True):
+    """Windows labeled -1; true_label marks the ones centred (within `radius`) on an unannotated particle
+    (when known; -1 with partial labels, where nobody knows)."""
     k = len(centres)
-    true_label = _on_particle(centres, truth_xy, diameter).astype(int) if complete else np.full(k, -1)
+    true_label = _centred(centres, truth_xy, radius).astype(int) if complete else np.full(k, -1)
     return samples_of(centres, np.full(k, LABEL_NEGATIVE), np.full(k, KNOWN_NEGATIVE), true_label)
 
 
@@ -120,8 +121,9 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     known negatives too; `random_per_pos` windows per particle lie anywhere on the micrograph and join
     the unlabeled set, a positive there when within `centre_radius` diameters of a particle centre
     (random_window_samples). Val/test: every particle is a positive, negatives by the same rules, labels
-    true. `truth_xy` (all particles, when known) sets true_label, so a negative that lands on an
-    unannotated particle is marked a hidden positive.
+    true. `truth_xy` (all particles, when known) sets true_label, so a negative centred on an unannotated
+    particle (within `centre_radius` diameters, the rule of the random windows) is marked a hidden positive;
+    one that only overlaps a particle is background, as the off-centre windows are.
 
     `labels="partial"` (a user's own labels, never complete): nothing is hidden (`hide_ratio` is 0),
     `truth_xy` is None, and train samples whose truth nobody knows (far negatives, random windows off
@@ -155,7 +157,7 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
         negatives = np.concatenate([negatives, offcentre])
     n_negatives = len(negatives)
     complete = labels == "complete" or not train
-    on_particle = _on_particle(negatives, truth_xy, diameter)
+    on_particle = _centred(negatives, truth_xy, centre_radius * diameter)
     parts = [
         samples_of(centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
                    np.ones(len(labeled))),
@@ -166,10 +168,10 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     ]
     if offcentre_known and len(offcentre):
         truth_or_labels = particles_xy if truth_xy is None else truth_xy
-        parts.append(_known_negatives(offcentre, truth_or_labels, diameter, complete))
+        parts.append(_known_negatives(offcentre, truth_or_labels, centre_radius * diameter, complete))
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
-        parts.append(_known_negatives(centres_kn, None, diameter))
+        parts.append(_known_negatives(centres_kn, None, centre_radius * diameter))
     n_random = int(round(random_per_pos * n_windows))
     if n_random:
         parts.append(_random_window_samples(rng, particles_xy if truth_xy is None else truth_xy,

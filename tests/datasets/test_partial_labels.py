@@ -63,9 +63,12 @@ def test_partial_mode_reads_no_truth_and_hides_nothing(data, tmp_path, capsys):
 
 def test_expected_particles_prior_is_within_a_quarter_of_the_counted_one(data, tmp_path):
     """The truth-counted pi of the very same unlabeled set comes from --labels complete --hide-ratio 0 with
-    ground_truth/ read: same seed, same draws, same windows, but each judged by the truth."""
-    counted = preprocess(data, tmp_path / "truth", "--labels", "complete")["priors"]["prior_unlabeled"]
-    estimate = preprocess(data, tmp_path / "user", "--expected-particles", str(mean_particles(data)))
+    ground_truth/ read: same seed, same draws, same windows, but each judged by the truth. A window is a
+    particle only when centred on one, which few are: 50 random windows per particle make the counted pi
+    (about 100 centred windows) steady enough for a 25% tolerance."""
+    windows = ("--random-per-pos", "50")
+    counted = preprocess(data, tmp_path / "truth", "--labels", "complete", *windows)["priors"]["prior_unlabeled"]
+    estimate = preprocess(data, tmp_path / "user", "--expected-particles", str(mean_particles(data)), *windows)
     assert chunk_bytes(tmp_path / "truth").keys() == chunk_bytes(tmp_path / "user").keys()
     assert estimate["priors"]["prior_unlabeled"] == pytest.approx(counted, rel=0.25)
 
@@ -149,8 +152,25 @@ def test_the_count_places_unlabeled_particles_where_the_labeled_ones_sit():
              "unknown_far": 100, "unknown_random": 100, "n_labeled": 40}
     uniform, _ = partial_labels_windows([entry], missing, 32.0, 0.125)
     packed, unlabeled = partial_labels_windows([{**entry, "labeled_isolated": 10}], missing, 32.0, 0.125)
-    far_hit = 60 * np.pi * 16 ** 2 / 1e6  # m pi (D/2)^2 / F
+    far_hit = 60 * np.pi * 4 ** 2 / 1e6  # m pi r^2 / F, r = centre_radius x D, the rule of every window
     random_hit = 60 * np.pi * 4 ** 2 / 4e6
     assert unlabeled == 200
     assert uniform == pytest.approx(100 * (far_hit + random_hit))
     assert packed == pytest.approx(100 * (far_hit / 4 + random_hit))
+
+
+def test_a_window_is_a_particle_only_when_centred_on_one():
+    """One rule for every unlabeled window of a complete split, as for the random windows and val/test: a
+    particle centre within centre_radius x D. A far window that only overlaps an unannotated particle
+    (here 8 px = D/4 off it) is background, as the off-centre windows are; pi counts the same rule."""
+    image = np.zeros((512, 512), dtype=np.uint8)
+    annotated, truth = np.array([[100.0, 100.0]]), np.array([[100.0, 100.0], [400.0, 400.0]])
+    samples, _ = coco_pu_samples(image, annotated, truth, None, np.random.default_rng(0), size=64, diameter=32.0,
+                                 labels="complete", hide_ratio=0.0, neg_per_pos=1e4, neg_min_distance=1.5,
+                                 offcentre_per_pos=0.0, offcentre_distance=(0.5, 1.0), offcentre_label="unlabeled",
+                                 random_per_pos=0.0, centre_radius=0.125, train=True)
+    offset = np.linalg.norm(samples["xy"] - [400.0, 400.0], axis=1)
+    far = samples["label"] == 0
+    assert np.any(far & (offset == 0)) and np.any(far & (offset == 8))  # the grid holds both
+    hidden = far & (samples["true_label"] == 1)
+    assert np.array_equal(np.flatnonzero(hidden), np.flatnonzero(far & (offset <= 4)))
