@@ -48,7 +48,7 @@ def priors(root, work, base, bbe=True):
                                                              "--expected-particles", str(mean_train_particles(root))])
         estimated = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "bbe")]) if bbe else None
     return [counted["priors"]["prior_unlabeled"], expected["priors"]["prior_unlabeled"],
-            estimated["priors"].get("bbe_prior_unlabeled") if bbe else None]
+            estimated and estimated["priors"].get("bbe_prior_unlabeled")]
 
 
 def synthetic_case(work, args, density, labeled, seed):
@@ -85,7 +85,8 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.data_root:
-        cases = [(f"{Path(args.data_root).name} F={f:g}", lambda work, f=f: real_case(work, args.data_root, f, not args.skip_bbe))
+        cases = [(f"{Path(args.data_root).name} F={f:g}",
+                  lambda work, f=f: real_case(work, args.data_root, f, bbe=not args.skip_bbe))
                  for f in args.label_fractions]
     else:
         cases = [(f"synthetic {d:g} F={f:g}", lambda work, c=(d, f, s): synthetic_case(work, args, *c))

@@ -88,11 +88,11 @@ def partial_labels_windows(micrographs, missing, diameter, centre_radius):
     Windows known to be centred on a labeled particle count as positives as they are.
     """
     positives = unlabeled = 0.0
+    disk = math.pi * (centre_radius * diameter) ** 2
     for entry in micrographs:
         if entry.get("split") != "train" or entry.get("status") != "done":
             continue
         m, m_free = missing(entry)
-        disk = math.pi * (centre_radius * diameter) ** 2
         far = min(1.0, m_free * disk / max(entry["free_area_px"], 1.0))
         near = min(1.0, m * disk / entry["area_px"])
         positives += entry["unlabeled_known_positive"] + far * entry["unknown_far"] + near * entry["unknown_random"]

@@ -87,7 +87,7 @@ def _random_window_samples(rng, particles_xy, *, count, centre_radius, height, w
     Val/test: the centred ones are positives, the rest negatives.
     """
     centres = random_windows(rng, count=count, height=height, width=width)
-    centred = near(centres, particles_xy, centre_radius)
+    centred = _centred(centres, particles_xy, centre_radius)
     label = np.full(count, LABEL_UNLABELED) if train else centred.astype(int)
     sample_type = np.where(centred, HIDDEN if train else LABELED, BACKGROUND if complete else UNLABELED)
     return samples_of(centres, label, sample_type, np.where(centred, 1, 0 if complete else -1))
@@ -157,7 +157,8 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
         negatives = np.concatenate([negatives, offcentre])
     n_negatives = len(negatives)
     complete = labels == "complete" or not train
-    on_particle = _centred(negatives, truth_xy, centre_radius * diameter)
+    centre_px = centre_radius * diameter
+    on_particle = _centred(negatives, truth_xy, centre_px)
     parts = [
         samples_of(centres_pos, np.full(len(labeled), LABEL_POSITIVE), np.full(len(labeled), LABELED),
                    np.ones(len(labeled))),
@@ -168,14 +169,14 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     ]
     if offcentre_known and len(offcentre):
         truth_or_labels = particles_xy if truth_xy is None else truth_xy
-        parts.append(_known_negatives(offcentre, truth_or_labels, centre_radius * diameter, complete))
+        parts.append(_known_negatives(offcentre, truth_or_labels, centre_px, complete))
     if train and known_negative_xy is not None and len(known_negative_xy):
         centres_kn = np.clip(np.rint(known_negative_xy).astype(np.int64), 0, [width - 1, height - 1])
-        parts.append(_known_negatives(centres_kn, None, centre_radius * diameter))
+        parts.append(_known_negatives(centres_kn, None, centre_px))
     n_random = int(round(random_per_pos * n_windows))
     if n_random:
         parts.append(_random_window_samples(rng, particles_xy if truth_xy is None else truth_xy,
-                                            count=n_random, centre_radius=centre_radius * diameter,
+                                            count=n_random, centre_radius=centre_px,
                                             height=height, width=width, train=train, complete=complete))
     samples = with_patches(image, parts, size)
     unknown = samples["sample_type"] == UNLABELED
