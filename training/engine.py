@@ -482,7 +482,8 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
     is_best = averaging_started or val["auc"] > progress["best_metric"]
     if is_best:
         progress["best_metric"], progress["best_epoch"] = val["auc"], epoch
-    warnings = health_warnings(parts, val, progress["auc_history"], run.consistency is not None)
+    prior = run.prior.value if run.prior else None
+    warnings = health_warnings(parts, val, progress["auc_history"], run.consistency is not None, prior)
     if run.main:
         step = progress["step"]
         for key in ("auc", "ap", "precision", "recall", "f1", "predicted_positive_rate"):
@@ -496,8 +497,8 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
                   "warnings": [t for t, _ in warnings], "train_seconds": progress["train_seconds"],
                   "averaged_epochs": run.averaged_epochs}
         progress.setdefault("history", []).append(record)
-        prior = run.prior.value if run.prior else math.nan
-        print_epoch(epoch, cfg["epochs"], parts, val, prior, is_best, warnings, run.averaged_epochs)
+        print_epoch(epoch, cfg["epochs"], parts, val, prior if prior else math.nan, is_best, warnings,
+                    run.averaged_epochs)
         if is_best:
             save_state(run, "best.pt", epoch + 1, 0)
     save_state(run, "last.pt", epoch + 1, 0)

@@ -1,0 +1,36 @@
+"""The warning signs of training/health.py: they fire on a failing run and stay quiet on a healthy one at small pi."""
+import math
+
+from training.health import health_warnings
+
+
+def tags(mask_rate=0.6, predicted=0.1, auc=0.95, prior=None, history=(), consistency=True):
+    val = {"predicted_positive_rate": predicted, "auc": auc}
+    return [tag for tag, _ in health_warnings({"mask_rate": mask_rate}, val, list(history), consistency, prior)]
+
+
+def test_a_healthy_run_warns_nothing():
+    assert tags() == []
+
+
+def test_collapse_needs_a_val_auc_near_chance():
+    assert tags(predicted=0.0, auc=0.55) == ["collapse_negative"]
+    assert tags(predicted=1.0, auc=0.6) == ["collapse_positive"]
+    assert tags(predicted=0.0, auc=math.nan) == ["collapse_negative"]
+    # EMPIAR-10017 at pi 0.02: no val patch above 0.5, yet particles ranked first: not a collapse
+    assert tags(predicted=0.0, auc=0.984) == []
+
+
+def test_the_high_mask_rate_is_judged_against_the_prior():
+    assert tags(mask_rate=0.97) == ["mask_rate_high"]
+    assert tags(mask_rate=0.97, prior=0.2) == ["mask_rate_high"]
+    assert tags(mask_rate=0.97, prior=0.02) == []  # 98% of the unlabeled windows are background
+    assert tags(mask_rate=0.995, prior=0.02) == ["mask_rate_high"]
+    assert tags(mask_rate=0.1, prior=0.02) == ["mask_rate_low"]
+    assert tags(mask_rate=0.999, consistency=False) == []
+
+
+def test_a_flat_val_auc_warns_after_ten_epochs():
+    assert tags(history=[0.9] + [0.89] * 10) == ["val_auc_flat"]
+    assert tags(history=[0.9] + [0.89] * 9) == []
+    assert tags(history=[0.9] + [0.89] * 9 + [0.91]) == []
