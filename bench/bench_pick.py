@@ -9,9 +9,10 @@ estimates, as for Topaz's -n), training with the data's pi, picking the test mic
 `evaluate_picks.py` against the complete test labels. Topaz 0.3.20 (where installed) runs first on
 the same blind folder: the same kept train labels as targets, GE-binomial with --pi from the same
 expected count, micrographs binned to a particle of about 27 px; our training then gets no more CPU
-seconds than Topaz's training took (training.max_minutes). Both are scored by OUR evaluator. Prints one
-row per (data set, F, picker): AUPRC, best F1 with its precision and recall, pi used, training and
-picking seconds.
+seconds than Topaz's training took (training.max_minutes). Both are scored by OUR evaluator. After our
+run, and apart from it, the complete labels count the pi of the same windows (`counted_prior`). Prints
+one row per (data set, F, picker): AUPRC, best F1 with its precision and recall, pi used and counted,
+training and picking seconds; `bench_summary.json` gathers the rows of every run into one output dir.
 
     python -m bench.bench_pick --data-root ../shared/data/empiar10017 --label-fractions 0.7 0.3 0.1 \
         --output-dir bench_runs/blind_empiar10017
@@ -27,7 +28,7 @@ import numpy as np
 from bench.runner import sh
 from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 from common.flags import add_renamed_argument
-from datasets.io.coordinates import write_coco
+from datasets.io.coordinates import write_coco, write_cryoppp_csv
 from datasets.io.layout import SPLITS, dataset_diameter, load_dataset
 from datasets.io.micrographs import read_micrograph
 
@@ -64,6 +65,32 @@ def write_blind_dataset(root, out, fraction, seed=42):
             write_coco(out / "annotations" / f"instances_{split}.json", table, images)
     train = [len(r.particles) for r in records if r.split == "train"]
     return counts, float(np.mean(train))
+
+
+def truth_folder(root, data, out):
+    """Research protocol only: `out` = the blind folder `data` (linked) plus a ground_truth/ holding every
+    particle of `root`, for counting the pi the truth gives. The blind folder itself never gets one."""
+    out.mkdir(parents=True, exist_ok=True)
+    for child in data.iterdir():
+        if not (out / child.name).exists():
+            (out / child.name).symlink_to(child.resolve())
+    (out / "ground_truth").mkdir(exist_ok=True)
+    for record in load_dataset(root, read_truth=False)[0]:
+        write_cryoppp_csv(out / "ground_truth" / f"{record.stem}.csv", record.particles)
+    return out
+
+
+def counted_prior(root, case, args, log):
+    """The pi the complete labels count over the windows the user's path drew (the same seed draws the same
+    windows; the truth only marks which are centred on a particle). Run after ours; its chunks are deleted."""
+    counted = case / "counted"
+    shutil.rmtree(counted, ignore_errors=True)
+    preprocess_set = ["--set", *args.preprocess_set] if args.preprocess_set else []
+    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", truth_folder(root, case / "data",
+        case / "truth"), "--output-dir", counted, "--labels", "complete", "--num-workers", "2", *preprocess_set], log)
+    prior = json.loads((counted / "metadata.json").read_text())["priors"]["prior_unlabeled"]
+    shutil.rmtree(counted)
+    return prior
 
 
 def ours(data, out, expected, args, minutes, log):
@@ -166,22 +193,26 @@ def main(argv=None):
             minutes = rows[-1][2]["train_s"] / 60  # ours trains no longer than Topaz did
         if "ours" in args.pickers:
             rows.append((fraction, "ours", ours(case / "data", case, expected, args, minutes, log)))
+            rows[-1][2]["prior_counted"] = counted_prior(args.data_root, case, args, log)
         print(format_row(*rows[-1]), flush=True)
     print(f"\n{Path(args.data_root).name}, {args.score_split} split: ours with {args.config}; "
           f"Topaz 0.3.20 GE-binomial, "
           f"{args.topaz_epochs} x {args.topaz_epoch_size} minibatches")
     print(f"{'F':>5s} {'picker':>6s} {'AUPRC':>7s} {'bestF1':>7s} {'precision':>9s} {'recall':>7s} {'pi':>7s} "
-          f"{'train s':>8s} {'pick s/mic':>10s}")
+          f"{'counted':>7s} {'train s':>8s} {'pick s/mic':>10s}")
     for row in rows:
         print(format_row(*row))
-    summary = {f"{f:g}/{picker}": r for f, picker, r in rows}
-    (out / "bench_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    summary_path = out / "bench_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}  # F by F runs add up
+    summary.update({f"{f:g}/{picker}": r for f, picker, r in rows})
+    summary_path.write_text(json.dumps(summary, indent=2, default=float))
     return rows
 
 
 def format_row(fraction, picker, r):
+    counted = f"{r['prior_counted']:7.4f}" if "prior_counted" in r else f"{'':7s}"
     return (f"{fraction:5.2f} {picker:>6s} {r['auprc']:7.3f} {r['best_f1']:7.3f} {r['precision']:9.3f} "
-            f"{r['recall']:7.3f} {r['prior']:7.4f} {r['train_s']:8.0f} {r['pick_s_per_mic']:10.2f}")
+            f"{r['recall']:7.3f} {r['prior']:7.4f} {counted} {r['train_s']:8.0f} {r['pick_s_per_mic']:10.2f}")
 
 
 if __name__ == "__main__":

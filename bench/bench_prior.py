@@ -25,8 +25,8 @@ import numpy as np
 
 import make_synthetic_dataset
 import preprocess_coco_full_dataset
-from bench.bench_pick import write_blind_dataset
-from datasets.io.coordinates import read_cryoppp_csv, write_cryoppp_csv
+from bench.bench_pick import truth_folder, write_blind_dataset
+from datasets.io.coordinates import read_cryoppp_csv
 from datasets.io.layout import load_dataset
 
 CASES = ((0.2, 0.6, 8), (0.1, 0.3, 3), (0.3, 0.7, 5), (0.15, 0.1, 11))  # density, labeled fraction, seed
@@ -63,11 +63,9 @@ def synthetic_case(work, args, density, labeled, seed):
 
 def real_case(work, data_root, fraction, bbe=True):
     """The blind benchmark's folder at `fraction`, with the set's complete train labels as ground_truth/."""
-    write_blind_dataset(data_root, work / "data", fraction)
-    (work / "data" / "ground_truth").mkdir()
-    for record in load_dataset(data_root, read_truth=False)[0]:
-        write_cryoppp_csv(work / "data" / "ground_truth" / f"{record.stem}.csv", record.particles)
-    return priors(work / "data", work, ["--data-root", str(work / "data"), "--num-workers", "2"], bbe=bbe)
+    write_blind_dataset(data_root, work / "blind", fraction)
+    data = truth_folder(data_root, work / "blind", work / "data")
+    return priors(data, work, ["--data-root", str(data), "--num-workers", "2"], bbe=bbe)
 
 
 def get_args_parser():

@@ -47,12 +47,20 @@ training: {epochs: 2, batch_size: 32, steps_per_epoch: 6, log_every: 3}
 def test_the_blind_benchmark_runs_the_users_path_and_scores_the_picks(world, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "bench_summary.json").write_text(json.dumps({"0.9/ours": {"auprc": 0.5}}))
     rows = bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir",
                             str(tmp_path / "out"), "--config", str(config), "--pickers", "ours"])
     (fraction, picker, result), = rows
     assert (fraction, picker) == (0.5, "ours") and 0 < result["prior"] < 1 and 0 <= result["auprc"] <= 1
-    meta = json.loads((tmp_path / "out" / "F0.5" / "chunks" / "metadata.json").read_text())
+    case = tmp_path / "out" / "F0.5"
+    meta = json.loads((case / "chunks" / "metadata.json").read_text())
     assert meta["config"]["labels"] == "partial" and meta["priors"]["method"] == "expected_particles"
+    # the truth counts pi apart from the user's path: the blind folder never holds it, its chunks are gone
+    assert 0 < result["prior_counted"] < 1 and not (case / "data" / "ground_truth").exists()
+    assert len(list((case / "truth" / "ground_truth").glob("*.csv"))) > 0 and not (case / "counted").exists()
+    summary = json.loads((tmp_path / "out" / "bench_summary.json").read_text())
+    assert set(summary) == {"0.9/ours", "0.5/ours"}  # an earlier run's rows are kept
     assert "0.50" in capsys.readouterr().out
 
 
