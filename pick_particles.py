@@ -14,7 +14,7 @@ the device; with --peak-rescore, the default, one more window per peak at its su
 logit the mean over --peak-symmetries rotations), and the score map becomes candidate picks by
 non-maximum suppression at --min-distance-fraction x the particle diameter (0.5 by default, Topaz's
 extract radius), above --candidate-threshold (a logit, default -6: low, so the candidates reach far
-into recall). Candidates closer than --edge-margin px to the border (default half a diameter) are
+into recall). Candidates closer than --edge-margin px to the border (default an eighth of a diameter) are
 dropped. Every candidate is kept with its score (candidates/<stem>.npy).
 
 The pick files are then written from the candidates at one threshold (--threshold, a logit; else
@@ -51,8 +51,9 @@ from datasets.io.coordinates import micrograph_stem
 from datasets.io.micrographs import list_micrographs, read_pixel_size
 from datasets.io.star_lists import micrographs_from_star
 from picking.rethreshold import add_output_flags, output_choice, print_outputs, write_at_threshold, written_with
-from picking.score import (DEFAULT_PEAK_SYMMETRIES, PEAK_SYMMETRIES, SCORING_METHODS, default_stride, load_picker,
-                           pick_prepared, pixel_size_ratio, prepare_for_picking, scoring_method)
+from picking.score import (DEFAULT_PEAK_SYMMETRIES, EDGE_MARGIN_FRACTION, PEAK_SYMMETRIES, SCORING_METHODS,
+                           default_stride, load_picker, pick_prepared, pixel_size_ratio, prepare_for_picking,
+                           scoring_method)
 from picking.writers import check_own_folder, is_done, open_manifest, read_manifest, record, write_candidates
 
 DEFAULT_CANDIDATE_THRESHOLD = -6.0
@@ -102,7 +103,7 @@ def get_args_parser():
     parser.add_argument("--candidate-threshold", type=float, default=DEFAULT_CANDIDATE_THRESHOLD,
                         help="lowest logit kept as a candidate (default %(default)s, sigmoid 0.0025)")
     parser.add_argument("--edge-margin", type=float,
-                        help="drop picks closer than this to the border, micrograph px (default: diameter / 2)")
+                        help="drop picks closer than this to the border, micrograph px (default: diameter / 8)")
     add_output_flags(parser)
     parser.add_argument("--scoring", choices=SCORING_METHODS,
                         help="downsample (default where patch_size / input_size divides the stride) or exact")
@@ -195,7 +196,7 @@ def pick_one(picker, settings, path, micrograph) -> tuple[dict, object]:
     """Score one prepared micrograph: its manifest entry and its candidates, distances in its own pixels."""
     started = time.perf_counter()
     diameter = settings["diameter_px"] / micrograph.size_ratio
-    edge_margin = diameter / 2 if settings["edge_margin_px"] is None else settings["edge_margin_px"]
+    edge_margin = diameter * EDGE_MARGIN_FRACTION if settings["edge_margin_px"] is None else settings["edge_margin_px"]
     candidates = pick_prepared(picker, micrograph, stride=settings["stride"],
                                min_distance_px=settings["min_distance_fraction"] * diameter,
                                threshold=settings["candidate_threshold"], device=settings["device"],

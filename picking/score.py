@@ -51,6 +51,7 @@ from picking.nms import nms_points, peak_picks
 SCORING_METHODS = ("downsample", "exact")
 PEAK_SYMMETRIES = (1, 4, 8)  # views of each peak window averaged by rescore_at_peaks
 DEFAULT_PEAK_SYMMETRIES = 4  # chosen on the val micrographs (docs/results.md)
+EDGE_MARGIN_FRACTION = 0.125  # picks nearer the border than this x diameter are dropped (val of both real sets)
 
 
 @dataclass(frozen=True)

@@ -408,3 +408,14 @@ def test_picks_keep_out_of_the_edge_margin(checkpoint, synthetic, tmp_path):
     assert x.max() <= SYNTHETIC.width - 1 - margin and y.max() <= SYNTHETIC.height - 1 - margin
     gaps = np.linalg.norm(picks[:, None, :2] - picks[None, :, :2], axis=-1) + np.eye(len(picks)) * 1e9
     assert gaps.min() >= 0.5 * DIAMETER
+
+
+def test_the_default_edge_margin_is_an_eighth_of_a_diameter(checkpoint, synthetic, tmp_path):
+    folder, _ = synthetic
+    pick_cli(checkpoint, folder, tmp_path, "--stride", "8", "--threshold=-1e9", "--candidate-threshold=-1e9",
+             "--formats", "csv")
+    picks = read_coordinates(tmp_path / "synthetic_0.csv")["synthetic_0"]
+    border = np.minimum.reduce([picks[:, 0], picks[:, 1], SYNTHETIC.width - 1 - picks[:, 0],
+                                SYNTHETIC.height - 1 - picks[:, 1]])
+    assert border.min() >= DIAMETER / 8
+    assert (border < DIAMETER / 2).any()  # particles cut by the border can be picked
