@@ -80,14 +80,20 @@ def truth_folder(root, data, out):
     return out
 
 
+def preprocess(data_root, output_dir, args, log, *labels):
+    """The case's COCO PU split with `labels` flags: one call for our run and the truth count, so both draw
+    the same windows (same settings and seed)."""
+    preprocess_set = ["--set", *args.preprocess_set] if args.preprocess_set else []
+    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", data_root, "--output-dir", output_dir,
+        *labels, "--num-workers", "2", *preprocess_set], log)
+
+
 def counted_prior(root, case, args, log):
     """The pi the complete labels count over the windows the user's path drew (the same seed draws the same
     windows; the truth only marks which are centred on a particle). Run after ours; its chunks are deleted."""
     counted = case / "counted"
     shutil.rmtree(counted, ignore_errors=True)
-    preprocess_set = ["--set", *args.preprocess_set] if args.preprocess_set else []
-    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", truth_folder(root, case / "data",
-        case / "truth"), "--output-dir", counted, "--labels", "complete", "--num-workers", "2", *preprocess_set], log)
+    preprocess(truth_folder(root, case / "data", case / "truth"), counted, args, log, "--labels", "complete")
     prior = json.loads((counted / "metadata.json").read_text())["priors"]["prior_unlabeled"]
     shutil.rmtree(counted)
     return prior
@@ -96,9 +102,7 @@ def counted_prior(root, case, args, log):
 def ours(data, out, expected, args, minutes, log):
     """The user's path on the blind folder, as run_full_training.sh runs it: preprocess (partial), train, pick
     the test split with the same count (it only sets the written threshold), evaluate."""
-    preprocess_set = ["--set", *args.preprocess_set] if args.preprocess_set else []
-    sh([sys.executable, "preprocess_coco_full_dataset.py", "--data-root", data, "--output-dir", out / "chunks",
-        "--labels", "partial", "--expected-particles", f"{expected:.1f}", "--num-workers", "2", *preprocess_set], log)
+    preprocess(data, out / "chunks", args, log, "--labels", "partial", "--expected-particles", f"{expected:.1f}")
     overrides = [*args.set, *([f"training.max_minutes={minutes:.3f}"] if minutes else [])]
     sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", out / "chunks", "--exp-name",
         "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu",
