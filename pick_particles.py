@@ -51,9 +51,9 @@ from datasets.io.coordinates import micrograph_stem
 from datasets.io.micrographs import list_micrographs, read_pixel_size
 from datasets.io.star_lists import micrographs_from_star
 from picking.rethreshold import add_output_flags, output_choice, print_outputs, write_at_threshold, written_with
-from picking.score import (DEFAULT_PEAK_SYMMETRIES, EDGE_MARGIN_FRACTION, PEAK_SYMMETRIES, SCORING_METHODS,
-                           default_stride, load_picker, pick_prepared, pixel_size_ratio, prepare_for_picking,
-                           scoring_method)
+from picking.score import (DEFAULT_PEAK_SYMMETRIES, MIN_DISTANCE_FRACTION, PEAK_SYMMETRIES, SCORING_METHODS,
+                           default_stride, load_picker, pick_distances, pick_prepared, pixel_size_ratio,
+                           prepare_for_picking, scoring_method)
 from picking.writers import check_own_folder, is_done, open_manifest, read_manifest, record, write_candidates
 
 DEFAULT_CANDIDATE_THRESHOLD = -6.0
@@ -98,7 +98,7 @@ def get_args_parser():
                         help="views of each rescored peak window averaged: 1 (as is), 4 (rotations by 90 degrees) "
                              f"or 8 (and their mirrors; the training augmentation's views) (default "
                              f"{DEFAULT_PEAK_SYMMETRIES}; with --no-peak-rescore, 1)")
-    parser.add_argument("--min-distance-fraction", type=float, default=0.5,
+    parser.add_argument("--min-distance-fraction", type=float, default=MIN_DISTANCE_FRACTION,
                         help="minimum distance between picks, x particle diameter (default %(default)s)")
     parser.add_argument("--candidate-threshold", type=float, default=DEFAULT_CANDIDATE_THRESHOLD,
                         help="lowest logit kept as a candidate (default %(default)s, sigmoid 0.0025)")
@@ -196,9 +196,8 @@ def pick_one(picker, settings, path, micrograph) -> tuple[dict, object]:
     """Score one prepared micrograph: its manifest entry and its candidates, distances in its own pixels."""
     started = time.perf_counter()
     diameter = settings["diameter_px"] / micrograph.size_ratio
-    edge_margin = diameter * EDGE_MARGIN_FRACTION if settings["edge_margin_px"] is None else settings["edge_margin_px"]
-    candidates = pick_prepared(picker, micrograph, stride=settings["stride"],
-                               min_distance_px=settings["min_distance_fraction"] * diameter,
+    min_distance, edge_margin = pick_distances(diameter, settings["min_distance_fraction"], settings["edge_margin_px"])
+    candidates = pick_prepared(picker, micrograph, stride=settings["stride"], min_distance_px=min_distance,
                                threshold=settings["candidate_threshold"], device=settings["device"],
                                edge_margin_px=edge_margin, batch_size=settings["batch_size"],
                                method=settings["scoring"], bf16=settings["precision"] == "bf16",

@@ -45,7 +45,7 @@ from datasets.prior import read_prior
 from models import build_model
 from models.checkpoint import save_checkpoint
 from models.input import NetworkInput
-from picking.score import EDGE_MARGIN_FRACTION, default_stride, load_picker, pick_prepared, prepare_for_picking
+from picking.score import default_stride, load_picker, pick_distances, pick_prepared, prepare_for_picking
 from synthetic.simulator import SyntheticConfig
 from training.cli import DEFAULT_CONFIG
 from training.engine import build_run, new_progress, train_step
@@ -183,10 +183,9 @@ def random_picker_checkpoint(path, backbone, facts, spec):
 def pick_options(facts, spec, device):
     """pick_prepared's settings as pick_particles.py's defaults resolve them."""
     defaults = pick_particles.get_args_parser()
-    diameter = facts.particle_diameter_px
+    min_distance, edge_margin = pick_distances(facts.particle_diameter_px)
     return {"stride": default_stride(facts, spec), "threshold": pick_particles.DEFAULT_CANDIDATE_THRESHOLD,
-            "min_distance_px": defaults.get_default("min_distance_fraction") * diameter,
-            "edge_margin_px": diameter * EDGE_MARGIN_FRACTION,
+            "min_distance_px": min_distance, "edge_margin_px": edge_margin,
             "device": device, "batch_size": defaults.get_default("batch_size"),
             "bf16": pick_particles.fast_bf16(device)}
 

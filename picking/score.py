@@ -51,6 +51,7 @@ from picking.nms import nms_points, peak_picks
 SCORING_METHODS = ("downsample", "exact")
 PEAK_SYMMETRIES = (1, 4, 8)  # views of each peak window averaged by rescore_at_peaks
 DEFAULT_PEAK_SYMMETRIES = 4  # chosen on the val micrographs (docs/results.md)
+MIN_DISTANCE_FRACTION = 0.5  # picks at least this x diameter apart (Topaz's extract radius; val of both real sets)
 EDGE_MARGIN_FRACTION = 0.125  # picks nearer the border than this x diameter are dropped (val of both real sets)
 
 
@@ -254,6 +255,14 @@ def rescore_at_peaks(scorer: WindowScorer, centres_xy: np.ndarray, scores: np.nd
     at = np.clip(np.rint(np.asarray(centres_xy).reshape(-1, 2) / factor) * factor, 0, high)
     logits = scorer(torch.from_numpy(at.astype(np.int64)), symmetries).cpu().numpy().astype(np.float64)
     return centres_xy, np.maximum(scores, logits)
+
+
+def pick_distances(diameter_px: float, min_distance_fraction: float = MIN_DISTANCE_FRACTION,
+                   edge_margin_px: float | None = None) -> tuple[float, float]:
+    """(min_distance_px, edge_margin_px) for particles of `diameter_px`: the spacing at `min_distance_fraction`
+    x diameter, and `edge_margin_px` where given, else EDGE_MARGIN_FRACTION x diameter."""
+    edge_margin = diameter_px * EDGE_MARGIN_FRACTION if edge_margin_px is None else edge_margin_px
+    return min_distance_fraction * diameter_px, edge_margin
 
 
 def picks_from_score_map(score_map: torch.Tensor, grid: WindowGrid, scale_xy, original_shape, *,

@@ -22,7 +22,7 @@ from datasets.chunks.loader import CryoEMChunkedDataset
 from datasets.geometry import to_scaled
 from models.input import resize, to_float
 from picking.overlay import overlay_image
-from picking.score import (EDGE_MARGIN_FRACTION, PreparedMicrograph, default_stride, pick_prepared, picker_from_model,
+from picking.score import (PreparedMicrograph, default_stride, pick_distances, pick_prepared, picker_from_model,
                            prepare_for_picking)
 
 GRID_COLUMNS = 8
@@ -154,9 +154,9 @@ def draw_picks(model, preview, facts, spec, device, bf16):
     picker = picker_from_model(model, facts, spec, device)
     micrograph = preview.micrograph
     diameter = facts.particle_diameter_px / micrograph.size_ratio
-    picks = pick_prepared(picker, micrograph, stride=default_stride(facts, spec), min_distance_px=diameter / 2,
-                          threshold=0.0, device=device, edge_margin_px=diameter * EDGE_MARGIN_FRACTION,
-                          bf16=bf16)
+    min_distance, edge_margin = pick_distances(diameter)
+    picks = pick_prepared(picker, micrograph, stride=default_stride(facts, spec), min_distance_px=min_distance,
+                          threshold=0.0, device=device, edge_margin_px=edge_margin, bf16=bf16)
     xy = to_scaled(picks[:, :2], micrograph.scale_xy)
     picture = overlay_image(micrograph.image, xy, diameter * float(np.mean(micrograph.scale_xy)), PREVIEW_SIDE)
     return np.asarray(picture), len(picks)

@@ -17,8 +17,8 @@ from models.checkpoint import V1_FORMAT, save_checkpoint
 from models.input import NetworkInput
 from models.resnet import build_model
 from picking.evaluate import precision_recall
-from picking.score import (Picker, load_picker, pick_micrograph, picks_from_score_map, rescore_at_peaks,
-                           score_micrograph, square_symmetries, window_grid, window_scorer)
+from picking.score import (Picker, load_picker, pick_distances, pick_micrograph, picks_from_score_map,
+                           rescore_at_peaks, score_micrograph, square_symmetries, window_grid, window_scorer)
 from picking.writers import (FORMATS, candidates_path, per_micrograph_files, read_candidates, record,
                              write_candidates, write_outputs)
 from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
@@ -419,3 +419,9 @@ def test_the_default_edge_margin_is_an_eighth_of_a_diameter(checkpoint, syntheti
                                 SYNTHETIC.height - 1 - picks[:, 1]])
     assert border.min() >= DIAMETER / 8
     assert (border < DIAMETER / 2).any()  # particles cut by the border can be picked
+
+
+def test_pick_distances_scale_with_the_diameter_and_an_edge_margin_given_stands():
+    assert pick_distances(64.0) == (32.0, 8.0)
+    assert pick_distances(64.0, 0.4, edge_margin_px=0.0) == (25.6, 0.0)
+    assert pick_distances(61.0, edge_margin_px=20.0) == (30.5, 20.0)
