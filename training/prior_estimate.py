@@ -8,13 +8,12 @@ U and P scoring above c), the threshold chosen with an upper confidence bound so
 samples is not trusted.
 
 Here P are the labeled particles' windows and U the far windows of a partial-labels COCO split (at
-least `neg_min_distance` diameters from every labeled particle). A far window is a positive, by the
-rule that marks them in a complete split, when a particle centre lies within half a diameter, so the
-P windows are shifted uniformly within that half diameter before the classifier sees them (training
-and held-out alike). α then gives the density of the particles nobody labeled over the free area
-(α / (π r²), r = diameter / 2), and a particle count and π follow from that density exactly as π
-does from --expected-particles (datasets/prior.py). Preprocessing records them as a suggestion and
-does not use them: on real data they measured 1.3-3.8x the counted π (docs/method.md). The
+least `neg_min_distance` diameters from every labeled particle). The P windows are shifted uniformly
+within half a diameter before the classifier sees them (training and held-out alike), so α is the
+fraction of far windows with a particle centre within that half diameter. α then gives the density
+of the particles nobody labeled over the free area (α / (π r²), r = diameter / 2), and a particle
+count and π follow from that density exactly as π does from --expected-particles (datasets/prior.py). Preprocessing records them as a suggestion and
+does not use them: on EMPIAR-10146 they measured 2.5-3.4x the counted π (docs/method.md). The
 classifier is the compact ResNet, trained on half of the train micrographs and scored on the other
 half, both ways round (cross-fitting), on CPU in about two minutes. No ground truth is read.
 """
