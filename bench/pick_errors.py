@@ -15,16 +15,17 @@ one class:
   many as the micrograph's particles.
 
 For each class it averages the micrograph (each standardised) in a 2-diameter square centred on the
-picks (on the particles for `missed`; `displaced_label` is the same pairs centred on the label), and
-scores each mean image by its Pearson correlation with the `matched` mean: near 1 where the class shows
-the same particle, centred, near 0 where it shows background. Writes `pick_errors.json` and
+picks (on the particles for `missed`; `displaced_label` is the same pairs centred on the label),
+low-pass filters the mean, and scores its central diameter-wide square by the Pearson correlation with
+the `matched` mean's: high where the class shows the same particle, centred; `background` says how
+high the structure of the micrographs alone takes it (negative on EMPIAR-10146, about 0.5 on the
+denoised EMPIAR-10017). Writes `pick_errors.json` and
 `pick_errors.png` (the mean images, low-pass filtered, in the order of the JSON) to --output-dir.
 
     python -m bench.pick_errors --picks OUT/picks --ground-truth ROOT/annotations/instances_val.json \
         --micrographs ROOT/val --output-dir OUT/errors
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from common.errors import InputError
-from datasets.io.coordinates import read_coco
-from datasets.io.micrographs import read_micrograph
+from common.files import atomic_write_json
+from datasets.io.coordinates import micrograph_stem, read_coco
+from datasets.io.micrographs import list_micrographs, read_micrograph
 from evaluate_picks import read_picks
 from picking.evaluate import match_picks
 
@@ -94,11 +96,11 @@ def crops(image: np.ndarray, centres, half: int) -> list:
     return out
 
 
-def micrograph_path(folder: Path, stem: str) -> Path:
-    found = sorted(p for p in folder.glob(f"{stem}.*") if p.is_file())
-    if not found:
+def micrograph_path(paths: dict, folder, stem: str) -> Path:
+    """The micrograph of `stem` among `paths` (stem -> file of `folder`), or a one-line InputError."""
+    if stem not in paths:
         raise InputError(f"no micrograph {stem}.* in {folder}; pass the folder the picks were made on")
-    return found[0]
+    return paths[stem]
 
 
 def run(args) -> dict:
@@ -106,18 +108,17 @@ def run(args) -> dict:
     truth = read_coco(args.ground_truth)[0]
     diameter = float(np.nanmedian(np.concatenate([t[:, 2] for t in truth.values() if len(t)])))
     half = int(round(diameter))
-    sums = {name: [] for name in CLASSES}
+    paths = {micrograph_stem(path.name): path for path in list_micrographs(args.micrographs)}
+    counts, squares = dict.fromkeys(CLASSES, 0), {name: [] for name in CLASSES}
     rng = np.random.default_rng(0)
     for stem, particles in tqdm(sorted(truth.items()), desc="micrographs", unit="micrograph"):
-        image = read_micrograph(micrograph_path(Path(args.micrographs), stem)).astype(np.float32)
+        image = read_micrograph(micrograph_path(paths, args.micrographs, stem)).astype(np.float32)
         image = (image - image.mean()) / (image.std() or 1.0)
         found = classify(picks.get(stem, np.zeros((0, 4))), particles, diameter, image.shape, rng)
         for name, centres in found.items():
-            sums[name] += [(len(centres), crops(image, centres, half))]
-    counts = {name: sum(n for n, _ in parts) for name, parts in sums.items()}
-    means = {name: np.mean([c for _, cs in parts for c in cs], axis=0) if any(cs for _, cs in parts) else None
-             for name, parts in sums.items()}
-    smooth = {name: None if mean is None else low_pass(mean) for name, mean in means.items()}
+            counts[name] += len(centres)
+            squares[name] += crops(image, centres, half)
+    smooth = {name: low_pass(np.mean(cut, axis=0)) if cut else None for name, cut in squares.items()}
     box = slice(half - half // 2, half + half // 2 + 1)
     reference = smooth["matched"]
     correlation = {name: (float(np.corrcoef(mean[box, box].ravel(), reference[box, box].ravel())[0, 1])
@@ -127,8 +128,8 @@ def run(args) -> dict:
 
 
 def low_pass(mean: np.ndarray, sigma_fraction: float = 0.025) -> np.ndarray:
-    """A mean image Gaussian-filtered at `sigma_fraction` of its side (a 40th of a diameter per px of sigma
-    x 2): what is left of a particle's shape once the noise of a few dozen crops is smoothed away."""
+    """A mean image Gaussian-filtered at sigma = `sigma_fraction` x its side (the side is two diameters, so
+    sigma is a twentieth of a diameter): a particle's shape stays, the noise of a few dozen crops goes."""
     return gaussian_filter(mean, sigma_fraction * mean.shape[0])
 
 
@@ -144,7 +145,7 @@ def main(argv=None):
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     save_means(result.pop("means"), output / "pick_errors.png")
-    (output / "pick_errors.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(output / "pick_errors.json", result)
     print(f"{'class':16s} {'count':>6s} {'corr. with matched':>19s}")
     for name in CLASSES:
         corr = result["correlation_with_matched"][name]

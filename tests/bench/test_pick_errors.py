@@ -71,4 +71,4 @@ def test_mean_images_tell_particles_the_labels_skip_from_background(tmp_path):
 
 def test_a_micrograph_not_in_the_folder_is_named(tmp_path):
     with pytest.raises(InputError, match="no micrograph m9"):
-        pick_errors.micrograph_path(tmp_path, "m9")
+        pick_errors.micrograph_path({"m0": tmp_path / "m0.png"}, tmp_path, "m9")
