@@ -13,9 +13,10 @@ within half a diameter before the classifier sees them (training and held-out al
 fraction of far windows with a particle centre within that half diameter. α then gives the density
 of the particles nobody labeled over the free area (α / (π r²), r = diameter / 2), and a particle
 count and π follow from that density exactly as π does from --expected-particles (datasets/prior.py).
-Preprocessing records them as a suggestion and does not use them: on EMPIAR-10146 they measured 2.5-3.4x the counted π (docs/method.md). The
-classifier is the compact ResNet, trained on half of the train micrographs and scored on the other
-half, both ways round (cross-fitting), on CPU in about two minutes. No ground truth is read.
+Preprocessing records them as a suggestion and does not use them: on EMPIAR-10146 they measured
+2.5-3.4x the counted π (docs/method.md). The classifier is the compact ResNet, trained on half of the
+train micrographs and scored on the other half, both ways round (cross-fitting), on CPU in about two
+minutes. No ground truth is read.
 """
 import math
 from dataclasses import dataclass
