@@ -483,7 +483,8 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
     if is_best:
         progress["best_metric"], progress["best_epoch"] = val["auc"], epoch
     prior = run.prior.value if run.prior else None
-    warnings = health_warnings(parts, val, progress["auc_history"], run.consistency is not None, prior)
+    consistency_on = run.consistency is not None and consistency_ramp(run) >= 1.0
+    warnings = health_warnings(parts, val, progress["auc_history"], consistency_on, prior)
     if run.main:
         step = progress["step"]
         for key in ("auc", "ap", "precision", "recall", "f1", "predicted_positive_rate"):

@@ -21,13 +21,16 @@ def test_collapse_needs_a_val_auc_near_chance():
     assert tags(predicted=0.0, auc=0.984) == []
 
 
-def test_the_high_mask_rate_is_judged_against_the_prior():
-    assert tags(mask_rate=0.97) == ["mask_rate_high"]
-    assert tags(mask_rate=0.97, prior=0.2) == ["mask_rate_high"]
-    assert tags(mask_rate=0.97, prior=0.02) == []  # 98% of the unlabeled windows are background
-    assert tags(mask_rate=0.995, prior=0.02) == ["mask_rate_high"]
+def test_the_high_mask_rate_is_judged_against_the_prior_and_needs_a_poor_val_auc():
+    assert tags(mask_rate=0.97, auc=0.6) == ["mask_rate_high"]
+    assert tags(mask_rate=0.97, auc=0.6, prior=0.2) == ["mask_rate_high"]
+    assert tags(mask_rate=0.97, auc=0.6, prior=0.02) == []  # 98% of the unlabeled windows are background
+    assert tags(mask_rate=0.995, auc=0.6, prior=0.02) == ["mask_rate_high"]
+    assert tags(mask_rate=0.995, auc=math.nan, prior=0.02) == ["mask_rate_high"]
+    # EMPIAR-10146 at F 0.1, epoch 6: a teacher that ranks particles well is confident almost everywhere
+    assert tags(mask_rate=0.999, auc=0.86, prior=0.0207) == []
     assert tags(mask_rate=0.1, prior=0.02) == ["mask_rate_low"]
-    assert tags(mask_rate=0.999, consistency=False) == []
+    assert tags(mask_rate=0.999, auc=0.6, consistency=False) == []
 
 
 def test_a_flat_val_auc_warns_after_ten_epochs():
