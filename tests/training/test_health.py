@@ -33,6 +33,16 @@ def test_the_high_mask_rate_is_judged_against_the_prior_and_needs_a_poor_val_auc
     assert tags(mask_rate=0.999, auc=0.6, consistency=False) == []
 
 
+def test_each_mask_rate_warning_names_the_key_that_fixes_it():
+    def message(mask_rate):
+        return health_warnings({"mask_rate": mask_rate}, {"predicted_positive_rate": 0.1, "auc": 0.6}, [], True, 0.02)
+    [(tag_low, low)] = message(0.1)
+    [(tag_high, high)] = message(0.999)
+    assert (tag_low, tag_high) == ("mask_rate_low", "mask_rate_high")
+    assert "lower loss.consistency_threshold" in low
+    assert "raise loss.consistency_threshold" in high
+
+
 def test_a_flat_val_auc_warns_after_ten_epochs():
     assert tags(history=[0.9] + [0.89] * 10) == ["val_auc_flat"]
     assert tags(history=[0.9] + [0.89] * 9) == []
