@@ -32,11 +32,11 @@ def health_warnings(train_parts, val_metrics, auc_history, use_consistency, prio
     if use_consistency and mask_rate is not None:
         if mask_rate < 0.20:
             found.append(("mask_rate_low", f"mask rate {mask_rate:.1%} < 20%: consistency threshold too high "
-                                           f"for this model, lower loss.consistency_threshold"))
+                                           "for this model, lower loss.consistency_threshold"))
         elif mask_rate > mask_rate_ceiling and not auc >= COLLAPSE_AUC:
             found.append(("mask_rate_high", f"mask rate {mask_rate:.1%} > {mask_rate_ceiling:.0%} at val AUC "
                                             f"{auc:.2f}: pseudo labels trusted blindly, raise "
-                                            f"loss.consistency_threshold"))
+                                            "loss.consistency_threshold"))
     if predicted is not None and not auc >= COLLAPSE_AUC:
         if predicted > 0.99:
             found.append(("collapse_positive", f"the model calls ~every val patch a particle (recall 100%, "
