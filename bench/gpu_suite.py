@@ -45,6 +45,7 @@ from datasets.prior import read_prior
 from models import build_model
 from models.checkpoint import save_checkpoint
 from models.input import NetworkInput
+from models.precision import native_bf16
 from picking.score import default_stride, load_picker, pick_distances, pick_prepared, prepare_for_picking
 from synthetic.simulator import SyntheticConfig
 from training.cli import DEFAULT_CONFIG
@@ -187,7 +188,7 @@ def pick_options(facts, spec, device):
     return {"stride": default_stride(facts, spec), "threshold": pick_particles.DEFAULT_CANDIDATE_THRESHOLD,
             "min_distance_px": min_distance, "edge_margin_px": edge_margin,
             "device": device, "batch_size": defaults.get_default("batch_size"),
-            "bf16": pick_particles.fast_bf16(device)}
+            "bf16": native_bf16(device)}
 
 
 def pick_figures(plan, backbone, micrographs, device, root):

@@ -68,7 +68,8 @@ def print_results(results, run_dir):
           f"recall {best['recall']:.4f}  F1 {best['f1']:.4f}")
     print(f"results: {run_dir / 'results.json'}\ncheckpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}\n"
           f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    print(json.dumps({"train_seconds": round(results['timings']['train_seconds'], 1), "steps": results["steps"]}))
+    print(json.dumps({"train_seconds": round(results['timings']['train_seconds'], 1), "steps": results["steps"],
+                      "precision": results["precision"]}))
 
 
 def new_parser(description):

@@ -1,11 +1,12 @@
 """The one training loop both training scripts use: nnPU (+ FixMatch) on chunked patches.
 
 `fit(config, run_dir, ...)` builds the run from the resolved config, resumes from run_dir/last.pt when
-it exists, trains epoch by epoch (exact-ratio PU batches, augmentation on the device, bf16 autocast
-and channels_last on CUDA, DDP under torchrun), evaluates on val after each epoch, keeps best.pt by
-val AUC with early stopping, checks the warning signs of training/health.py, and writes TensorBoard events,
-metrics.jsonl and, at the end, results.json with the best checkpoint's val and test metrics; rank 0 also
-logs training/visuals.py's PR curve, patch grids and picks preview, and shows a progress bar per epoch.
+it exists, trains epoch by epoch (exact-ratio PU batches, augmentation on the device, bf16 autocast on
+CUDA and on CPUs with native bf16, channels_last on CUDA, DDP under torchrun), evaluates on val after
+each epoch, keeps best.pt by val AUC with early stopping, checks the warning signs of training/health.py,
+and writes TensorBoard events, metrics.jsonl and, at the end, results.json with the best checkpoint's val
+and test metrics; rank 0 also logs training/visuals.py's PR curve, patch grids and picks preview, and
+shows a progress bar per epoch.
 """
 import json
 import math
@@ -32,6 +33,7 @@ from models import ModelEMA, build_model
 from models.checkpoint import evaluated_model, load_checkpoint, load_model_weights, save_checkpoint
 from models.ema import unwrap
 from models.input import NetworkInput, network_input
+from models.precision import native_bf16
 from training.data import TrainBatches, eval_subset
 from training.health import TrainingDiverged, check_finite, health_warnings
 from training.metrics import best_f1_threshold, patch_metrics, threshold_metrics
@@ -179,9 +181,14 @@ def fold_into_average(run):
     return run.averaged_epochs == 1
 
 
+def uses_bf16(run):
+    """training.amp on a device where bf16 pays (CUDA, a CPU with native bf16); fp32 elsewhere."""
+    return run.config["training"]["amp"] and native_bf16(run.device)
+
+
 def autocast(run):
-    if run.device.type == "cuda" and run.config["training"]["amp"]:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if uses_bf16(run):
+        return torch.autocast(run.device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -374,9 +381,8 @@ def log_visuals(run, epoch, val_scores, val_truth):
         log_unlabeled_grids(run.writer, run.visuals.pool, logits, cfg["unlabeled_grid_size"],
                             run.network_input.input_size, step)
     if run.visuals.preview is not None and (epoch + 1) % cfg["picks_preview_every"] == 0:
-        bf16 = run.device.type == "cuda" and cfg["amp"]
-        log_picks_preview(run.writer, run.visuals.preview, model, run.facts, run.network_input, run.device, bf16,
-                          step)
+        log_picks_preview(run.writer, run.visuals.preview, model, run.facts, run.network_input, run.device,
+                          uses_bf16(run), step)
 
 
 def evaluate(run, model, split, best_threshold=None):
@@ -555,6 +561,7 @@ def final_results(run):
                "prior_source": run.prior.source if run.prior else None,
                "loss_mode": run.config["loss"]["mode"], "consistency": run.config["loss"]["use_consistency"],
                "steps": run.progress["step"], "stopped": run.progress["stopped"],
+               "precision": "bf16" if uses_bf16(run) else "fp32",
                "timings": {"train_seconds": run.progress["train_seconds"],
                            "final_eval_seconds": time.time() - started}, "git_sha": git_sha()}
     atomic_write_json(run.run_dir / "results.json", results)

@@ -15,6 +15,7 @@ import train_with_chunked_data
 from conftest import REPO
 from datasets.chunks.format import PreprocessingFacts
 from models.checkpoint import load_checkpoint
+from models.precision import native_bf16
 from picking.score import load_picker
 
 FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.batch_size=32",
@@ -192,10 +193,11 @@ def test_chunked_script_uses_data_prior_and_positive_ratio(chunks, tmp_path):
 
 
 def test_baseline_and_nnpu_only_modes_run(chunks, tmp_path):
-    pn = train(chunks, tmp_path, "loss.mode=pn", name="pn", epochs=1)
-    assert pn["loss_mode"] == "pn"
+    pn = train(chunks, tmp_path, "loss.mode=pn", "training.amp=false", name="pn", epochs=1)
+    assert pn["loss_mode"] == "pn" and pn["precision"] == "fp32"
     only = train(chunks, tmp_path, "loss.use_consistency=false", name="only", epochs=1)
     assert only["consistency"] is False
+    assert only["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
 
 
 def test_the_normalisation_trained_with_travels_to_picking(chunks, tmp_path):
@@ -284,3 +286,17 @@ def test_two_nodes_over_gloo_train_as_one_run(chunks, tmp_path):
     results = json.loads((tmp_path / "nodes" / "results.json").read_text())
     assert results["steps"] == 8 and 0.0 <= results["test"]["auc"] <= 1.0
     assert sorted(p.name for p in (tmp_path / "nodes").glob("*.pt")) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("amp, native, expected", [(True, True, torch.bfloat16), (True, False, torch.float32),
+                                                   (False, True, torch.float32)])
+def test_training_amp_runs_bf16_only_where_the_device_has_it(monkeypatch, amp, native, expected):
+    from types import SimpleNamespace
+
+    from training import engine
+    monkeypatch.setattr(engine, "native_bf16", lambda device: native)
+    run = SimpleNamespace(config={"training": {"amp": amp}}, device=torch.device("cpu"))
+    with engine.autocast(run):
+        out = torch.nn.Conv2d(1, 2, 3)(torch.randn(1, 1, 8, 8))
+    assert out.dtype == expected
+    assert engine.uses_bf16(run) == (expected == torch.bfloat16)
