@@ -70,6 +70,7 @@ def main(argv=None):
     batch = config["training"]["batch_size"]
     loader = bench_loader_modes(args.data_dir, "train", batch_size=batch, n_batches=200)
     precisions = ("fp32", "bf16") if native_bf16(device) else ("fp32",)
+    configured = "bf16" if config["training"]["amp"] and native_bf16(device) else "fp32"
     steps, bares = {}, {}
     for precision in precisions:
         config["training"]["amp"] = precision == "bf16"
@@ -84,11 +85,11 @@ def main(argv=None):
     augment = timed(lambda: (weak_augment(x, generator=run.generator), strong_augment(x, generator=run.generator)),
                     args.steps, device)
     teacher = 1 if (run.ema is not None and run.consistency is not None) else 0
-    step = steps[precisions[-1]]
+    step = steps[configured]
     consumed = batch / step
     print(f"\ndevice {device}, backbone {config['model']['backbone']}, batch {batch}, "
           f"network input {x.shape[-1]} px, torch threads {torch.get_num_threads()}, "
-          f"training.amp: {precisions[-1]} here")
+          f"the config trains in {configured} here")
     print(f"{'what':38s} {'samples/s':>10s} {'ratio':>24s}")
     for mode, stats in loader["modes"].items():
         extra = f" ({stats['disk_mb_per_s']:.0f} MB/s read; disk {loader['disk_sequential_mb_s']:.0f} MB/s)" \
