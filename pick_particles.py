@@ -2,7 +2,8 @@
 
 Inputs: --checkpoint, a best.pt/last.pt of our training scripts (the weights that were evaluated are
 used: the weight average, else the EMA teacher; the preprocessing that made the training patches,
-pixel size included, travels in it); --micrographs, a folder, a glob pattern, a single micrograph, a
+pixel size included, travels in it; several checkpoints, runs on the same chunks with other seeds, pick as
+one ensemble that scores the mean of their logits); --micrographs, a folder, a glob pattern, a single micrograph, a
 .txt list (one path per line, relative paths taken from the list's folder) or a RELION
 micrographs.star / micrographs_ctf.star. Micrographs of any size are rescaled by the checkpoint's
 scale, so particles have the training diameter; where a micrograph's pixel size (--pixel-size, its
@@ -64,7 +65,9 @@ PICK_SETTINGS = ("checkpoint_sha256", "stride", "peak_rescore", "peak_symmetries
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="best.pt or last.pt of a training run; several (runs on the same chunks with other "
+                             "training.seed) pick as one ensemble, scoring the mean of their logits")
     parser.add_argument("--micrographs", required=True,
                         help="folder, glob pattern, micrograph, .txt list, or RELION micrographs(_ctf).star")
     parser.add_argument("--output-dir", required=True, help="folder for the coordinate files and manifest")
@@ -170,7 +173,7 @@ def pick_settings(args, picker, device) -> dict:
     facts, input_size = picker.facts, picker.spec.input_size
     stride = args.stride or default_stride(facts, picker.spec)
     precision = args.precision if args.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
-    return {"checkpoint_sha256": file_sha256(args.checkpoint), "stride": stride, "peak_rescore": args.peak_rescore,
+    return {"checkpoint_sha256": one_or_list([file_sha256(path) for path in args.checkpoint]), "stride": stride, "peak_rescore": args.peak_rescore,
             "peak_symmetries": args.peak_symmetries or (DEFAULT_PEAK_SYMMETRIES if args.peak_rescore else 1),
             "min_distance_fraction": args.min_distance_fraction, "candidate_threshold": args.candidate_threshold,
             "edge_margin_px": args.edge_margin, "diameter_px": float(facts.particle_diameter_px),
@@ -178,6 +181,11 @@ def pick_settings(args, picker, device) -> dict:
             "scoring": scoring_method(facts.patch_size, input_size, stride, args.scoring),
             "precision": precision, "device": str(device), "batch_size": args.batch_size,
             "relion_project_dir": str(Path(args.relion_project_dir).absolute())}
+
+
+def one_or_list(values: list):
+    """The manifest's form: one checkpoint's value as itself (as before ensembles), several as a list."""
+    return values[0] if len(values) == 1 else values
 
 
 def pick_one(picker, settings, path, micrograph) -> tuple[dict, object]:
@@ -233,7 +241,8 @@ def run(args) -> dict:
     shard_lock = folder_lock(output_dir, "pick_particles", name=f"{LOCK_FILE}.shard-{shard[0]}-of-{shard[1]}") \
         if shard else nullcontext()
     with folder_lock(output_dir, "pick_particles", shared=shard is not None), shard_lock:
-        manifest, merged = open_manifest(output_dir, Path(args.checkpoint).resolve(), settings, PICK_SETTINGS, shard)
+        checkpoints = one_or_list([str(Path(path).resolve()) for path in args.checkpoint])
+        manifest, merged = open_manifest(output_dir, checkpoints, settings, PICK_SETTINGS, shard)
         check_own_folder(output_dir, merged, [{"stem": micrograph_stem(path)} for path in paths])
         choice = output_choice(args, merged.get("outputs"), keep_threshold=True)
         summary = pick_all(args, picker, settings, (manifest, merged, shard), mine, pixel_size)

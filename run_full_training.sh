@@ -93,8 +93,18 @@ fi
 stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_ROOT" --output-dir "$CHUNKS_DIR" \
   --num-workers "$NUM_WORKERS" "${LABEL_FLAGS[@]}" "${LABELS_FLAG[@]}" "${DIAMETER_FLAG[@]}" "${REDO_FLAG[@]}"
 
-# 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json
-if [[ -f "${RUN_DIR}/results.json" ]]; then skip train "${RUN_DIR}/results.json"
+# 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json.
+# With training.members > 1 it trains an ensemble: member k in ${RUN_DIR}/member<k>, picked together below
+member_checkpoints() {  # best.pt of every member of the run, one per line
+  "$PYTHON" -c 'import sys; from training.cli import member_checkpoints
+print(*member_checkpoints(sys.argv[1]), sep="\n")' "$RUN_DIR"
+}
+trained() {  # every member has its results.json
+  [[ -f "${RUN_DIR}/config.yaml" ]] || return 1
+  local checkpoint checkpoints; mapfile -t checkpoints < <(member_checkpoints)
+  for checkpoint in "${checkpoints[@]}"; do [[ -f "$(dirname "$checkpoint")/results.json" ]] || return 1; done
+}
+if trained; then skip train "${RUN_DIR}/results.json"
 else
   stage train "$PYTHON" train_pu_fixed_full.py --config "$CONFIG" --data-dir "$CHUNKS_DIR" --exp-name "$EXP_NAME" \
     --output-root "$EXPERIMENTS" --use-data-prior "${DEVICE_FLAG[@]}"
@@ -111,7 +121,8 @@ for m in json.load(open(sys.argv[1]))["micrographs"]:
     "${CHUNKS_DIR}/metadata.json" > "$TEST_MICROGRAPHS"
 fi
 PICK_COUNT_FLAG=(); [[ -n "$EXPECTED" ]] && PICK_COUNT_FLAG=(--expected-particles "$EXPECTED")
-stage pick "$PYTHON" pick_particles.py --checkpoint "${RUN_DIR}/best.pt" --micrographs "$TEST_MICROGRAPHS" \
+mapfile -t CHECKPOINTS < <(member_checkpoints)
+stage pick "$PYTHON" pick_particles.py --checkpoint "${CHECKPOINTS[@]}" --micrographs "$TEST_MICROGRAPHS" \
   --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}" "${PICK_COUNT_FLAG[@]}"
 
 # 4. pick-level evaluation against every particle (ground_truth/ when the data has it), else the labels

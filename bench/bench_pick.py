@@ -31,6 +31,7 @@ from common.flags import add_renamed_argument
 from datasets.io.coordinates import write_coco, write_cryoppp_csv
 from datasets.io.layout import SPLITS, dataset_diameter, load_dataset
 from datasets.io.micrographs import read_micrograph
+from training.cli import member_checkpoints
 
 
 def kept_particles(particles, fraction, rng):
@@ -107,12 +108,13 @@ def ours(data, out, expected, args, minutes, log):
     sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", out / "chunks", "--exp-name",
         "ours", "--output-root", out / "runs", "--use-data-prior", "--device", "cpu",
         *(["--set", *overrides] if overrides else [])], log)
-    pick = sh([sys.executable, "pick_particles.py", "--checkpoint", out / "runs" / "ours" / "best.pt",
+    checkpoints = member_checkpoints(out / "runs" / "ours")
+    pick = sh([sys.executable, "pick_particles.py", "--checkpoint", *checkpoints,
                "--micrographs", data / args.score_split, "--output-dir", out / "picks", "--expected-particles",
                f"{expected:.1f}", "--device", "cpu"], log)
-    results = json.loads((out / "runs" / "ours" / "results.json").read_text())
-    return {**evaluate(out / "picks", data, args.score_split, out / "eval.json", log), "prior": results["prior"],
-            "train_s": results["timings"]["train_seconds"],
+    results = [json.loads((c.parent / "results.json").read_text()) for c in checkpoints]
+    return {**evaluate(out / "picks", data, args.score_split, out / "eval.json", log), "prior": results[0]["prior"],
+            "train_s": sum(r["timings"]["train_seconds"] for r in results), "members": len(checkpoints),
             "pick_s_per_mic": pick / split_count(data, args.score_split)}
 
 

@@ -25,6 +25,7 @@ import torch
 from bench.runner import REPO, sh
 from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 from common.flags import add_renamed_argument
+from training.cli import member_checkpoints
 
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
 TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "pick_s_per_mic": 41 / 5}
@@ -42,13 +43,14 @@ def ours(args, out, log):
     train = sh([sys.executable, "train_pu_fixed_full.py", "--config", args.config, "--data-dir", chunks,
                 "--exp-name", args.exp_name, "--output-root", runs, "--use-data-prior", "--device", "cpu",
                 *(["--set", *args.set] if args.set else [])], log)
-    picks = out / "picks_ours"
-    pick = sh([sys.executable, "pick_particles.py", "--checkpoint", runs / args.exp_name / "best.pt",
+    picks, checkpoints = out / "picks_ours", member_checkpoints(runs / args.exp_name)
+    pick = sh([sys.executable, "pick_particles.py", "--checkpoint", *checkpoints,
                "--micrographs", Path(args.data_root) / "test", "--output-dir", picks, "--overlays", "1",
                "--device", "cpu"], log)
     summary = evaluate(picks, args.data_root, out / "eval_ours.json", log)
     results = json.loads((runs / args.exp_name / "results.json").read_text())
-    return {"summary": summary, "train_s": results["timings"]["train_seconds"], "train_wall_s": train,
+    members = [json.loads((c.parent / "results.json").read_text()) for c in checkpoints]
+    return {"summary": summary, "train_s": sum(m["timings"]["train_seconds"] for m in members), "train_wall_s": train,
             "pick_s_per_mic": pick / 5, "patch_test": results["test"]}
 
 

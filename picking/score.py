@@ -33,6 +33,7 @@ again at the minimum distance (sub-cell placement moves picks by up to half a ce
 """
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from datasets.chunks.format import PreprocessingFacts
 from datasets.geometry import to_original
 from datasets.io.micrographs import prepare_micrograph, read_micrograph, read_pixel_size
 from models.checkpoint import checkpoint_network_input, evaluated_model, load_checkpoint
+from models.ensemble import MeanLogitEnsemble
 from models.input import NetworkInput, network_input, normalise
 from picking.nms import nms_points, peak_picks
 
@@ -375,12 +377,27 @@ def picker_from_model(model: torch.nn.Module, facts: PreprocessingFacts, spec: N
     return Picker(prepare_model(fold_batch_norm(model.eval()), device), facts, spec)
 
 
-def load_picker(path, device) -> Picker:
-    """The Picker of one of our checkpoints, its model on `device` in eval mode.
+def load_picker(paths, device) -> Picker:
+    """The Picker of one of our checkpoints, or of several as one ensemble, the model on `device` in eval mode.
 
     The weights are those that were evaluated (`evaluated_model`: the weight average, else the EMA
-    teacher, else the trained model), BatchNorms folded (`picker_from_model`).
+    teacher, else the trained model), BatchNorms folded (`picker_from_model`). Several checkpoints
+    (`paths` a list) score the mean of their logits (`MeanLogitEnsemble`); they must have been trained on
+    the same patches (preprocessing facts and network input), else an InputError names the first that was not.
     """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    pickers = [_checkpoint_picker(path, device) for path in paths]
+    first = pickers[0]
+    for path, picker in zip(paths[1:], pickers[1:]):
+        if (picker.facts, picker.spec) != (first.facts, first.spec):
+            raise InputError(f"checkpoint {path} was trained on other patches than {paths[0]} (preprocessing or "
+                             f"network input differ); an ensemble's members must be trained on the same chunks")
+    if len(pickers) == 1:
+        return first
+    return Picker(prepare_model(MeanLogitEnsemble([p.model for p in pickers]), device), first.facts, first.spec)
+
+
+def _checkpoint_picker(path, device) -> Picker:
     checkpoint = load_checkpoint(path)
     facts = PreprocessingFacts.from_dict(checkpoint.get("preprocessing"), f"checkpoint {path}")
     spec = checkpoint_network_input(checkpoint, path)

@@ -14,8 +14,8 @@ from the candidates at one threshold (`write_outputs`), by `pick_particles.py` a
   topaz      <stem>.txt, Topaz: image_name x_coord y_coord score
   coco       picks.json, every micrograph: bbox = diameter square around each centre, `score` = logit
 `manifest.json` = {"micrographs": [{"stem", "path", "status": "started" | "done" | "failed", "n_candidates",
-"width", "height", "pixel_size", "size_ratio", "diameter_px", "seconds" | "reason"}], "checkpoint", "settings",
-"outputs"}, rewritten atomically before and after every micrograph: a micrograph whose entry says done
+"width", "height", "pixel_size", "size_ratio", "diameter_px", "seconds" | "reason"}], "checkpoint" (its path, or
+the list of an ensemble's), "settings", "outputs"}, rewritten atomically before and after every micrograph: a micrograph whose entry says done
 and whose candidates exist is not picked again; only files of listed micrographs are ever overwritten
 (`own_files`). A process picking shard i of N keeps its own `manifest.shard-i-of-N.json` (no two
 processes write one file) and the manifests are merged on read (`read_manifests`).
@@ -243,13 +243,13 @@ def read_manifest(output_dir) -> dict:
 
 def open_manifest(output_dir, checkpoint, settings: dict, compared, shard=None) -> tuple[dict, dict]:
     """(this process's manifest, the folder's merged one), new where there are none; existing ones must
-    agree on checkpoint and `compared` settings."""
+    agree on `checkpoint` (a path, or an ensemble's list of paths) and `compared` settings."""
     merged = read_manifests(output_dir)
-    fresh = {"micrographs": [], "checkpoint": str(checkpoint), "settings": settings}
+    fresh = {"micrographs": [], "checkpoint": checkpoint, "settings": settings}
     if merged is None:
         return fresh, {**fresh, "micrographs": []}
     previous = {"checkpoint": merged["checkpoint"], **merged["settings"]}
-    current = {"checkpoint": str(checkpoint), **settings}
+    current = {"checkpoint": checkpoint, **settings}
     differing = [key for key in ("checkpoint", *compared) if previous.get(key) != current[key]]
     if differing:
         raise InputError(f"{output_dir} holds picks made with other settings ({', '.join(differing)}); "

@@ -88,25 +88,29 @@ def test_failing_stage_stops_with_its_name(tmp_path):
     assert done.returncode != 0 and "stage 'preprocess' failed" in done.stderr
 
 
-def test_killed_mid_training_resumes_the_same_run(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 6"))
+def test_an_ensemble_killed_mid_training_resumes_and_picks_with_every_member(tmp_path):
+    """training.members: 2, killed while member 2 trains: the rerun does not skip training (member 1's results.json
+    is not enough), resumes member 2 where it was, and picks with both members' best.pt as one ensemble."""
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 6, members: 2"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     process = subprocess.Popen(pipeline_command(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    last = tmp_path / "experiments" / "tiny" / "last.pt"
+    run = tmp_path / "experiments" / "tiny"
+    last = run / "member2" / "last.pt"
     deadline = time.time() + 600
     while not last.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert last.exists() and not (tmp_path / "experiments" / "tiny" / "results.json").exists()
+    assert (run / "results.json").exists() and last.exists() and not (run / "member2" / "results.json").exists()
     again = run_pipeline(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming" in (tmp_path / "experiments" / "tiny" / "logs" / "train.log").read_text()
-    epochs = [json.loads(line)["epoch"] for line in
-              (tmp_path / "experiments" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert f"resuming {run / 'member2'}" in (run / "logs" / "train.log").read_text()
+    epochs = [json.loads(line)["epoch"] for line in (run / "member2" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == sorted(set(epochs)) and epochs[0] == 1
-    assert json.loads((tmp_path / "experiments" / "tiny" / "results.json").read_text())["steps"] == epochs[-1] * 8
+    assert json.loads((run / "member2" / "results.json").read_text())["steps"] == epochs[-1] * 8
+    manifest = json.loads((run / "picks" / "manifest.json").read_text())
+    assert manifest["checkpoint"] == [str(run / "best.pt"), str(run / "member2" / "best.pt")]
 
 
 def free_port():

@@ -1,9 +1,10 @@
 """What both training scripts share: flags, config resolution, the prior and the run dir."""
 import argparse
+import copy
 import json
 from pathlib import Path
 
-from common.config import resolve_config
+from common.config import load_yaml, resolve_config
 from common.errors import InputError, exit_on_input_error
 from datasets.chunks.format import read_facts
 from datasets.prior import ClassPrior, read_prior
@@ -52,13 +53,48 @@ def run_training(args, flags):
         config, run_dir, facts, prior = prepare(args, flags)
         about_prior = f"prior pi = {prior.value:.4f} ({prior.source})" if prior else "no prior (PN baseline)"
         print(f"run dir {run_dir}; {about_prior}")
-        results = fit(config, run_dir, facts, prior, args.device, args.num_workers)
-    if results is not None:
-        print_results(results, run_dir)
-    return results
+        members, results = member_runs(config, run_dir), []
+        for number, (member_config, member_dir) in enumerate(members, start=1):
+            if len(members) > 1:
+                print(f"ensemble member {number} of {len(members)}: {member_dir} "
+                      f"(training.seed {member_config['training']['seed']})")
+            results.append(fit(member_config, member_dir, facts, prior, args.device, args.num_workers))
+    if results[-1] is not None:
+        print_results(results, run_dir, [member_dir for _, member_dir in members])
+    return results[0]
 
 
-def print_results(results, run_dir):
+def member_runs(config, run_dir) -> list[tuple[dict, Path]]:
+    """(config, run dir) of each of training.members networks, trained one after the other on the same
+    chunks: the first is the run itself, member k >= 2 trains in run_dir/member<k> with training.seed + k - 1.
+    training.max_minutes is the whole ensemble's budget, shared evenly."""
+    count, training = config["training"]["members"], config["training"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InputError(f"training.members {count!r} must be a whole number of networks, 1 or more")
+    runs = []
+    for number, member_dir in enumerate(member_dirs(run_dir, count), start=1):
+        member = copy.deepcopy(config)
+        member["training"]["seed"] = training["seed"] + number - 1
+        if training["max_minutes"]:
+            member["training"]["max_minutes"] = training["max_minutes"] / count
+        runs.append((member, member_dir))
+    return runs
+
+
+def member_dirs(run_dir, count) -> list[Path]:
+    return [Path(run_dir) if number == 1 else Path(run_dir) / f"member{number}" for number in range(1, count + 1)]
+
+
+def member_checkpoints(run_dir) -> list[Path]:
+    """best.pt of every member of the run in run_dir (training.members of its config.yaml): what picking takes."""
+    config = load_yaml(Path(run_dir) / "config.yaml")
+    return [d / "best.pt" for d in member_dirs(run_dir, config["training"].get("members", 1))]
+
+
+def print_results(member_results, run_dir, member_dirs):
+    """The run's test patch metrics (its first member's, in its results.json), each other member's AUCs, what to
+    pick with, and a JSON line of the seconds and steps of all members."""
+    results = member_results[0]
     test = results["test"]
     print(f"\nBest epoch {results['best_epoch']} (val AUC {results['best_val_auc']:.4f}); test patches:")
     print(f"  AUC {test['auc']:.4f}  AP {test['ap']:.4f}  precision {test['precision']:.4f}  "
@@ -68,9 +104,16 @@ def print_results(results, run_dir):
           f"recall {best['recall']:.4f}  F1 {best['f1']:.4f}")
     print(f"results: {run_dir / 'results.json'}\ncheckpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}\n"
           f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-    print(json.dumps({"train_seconds": round(results['timings']['train_seconds'], 1), "steps": results["steps"],
-                      "precision": results["precision"]}))
+    for member_dir, member in zip(member_dirs[1:], member_results[1:]):
+        print(f"  {member_dir.name}: val AUC {member['best_val_auc']:.4f}, test patch AUC {member['test']['auc']:.4f}")
+    if len(member_dirs) > 1:
+        print(f"ensemble of {len(member_dirs)}, picked as one: pick_particles.py --checkpoint "
+              + " ".join(str(d / "best.pt") for d in member_dirs))
+    print(json.dumps({"train_seconds": round(sum(r["timings"]["train_seconds"] for r in member_results), 1),
+                      "steps": sum(r["steps"] for r in member_results), "precision": results["precision"],
+                      "members": len(member_results)}))
 
 
 def new_parser(description):
     return add_common_flags(argparse.ArgumentParser(description=description))
+

@@ -421,7 +421,7 @@ def save_state(run, name, epoch, step_in_epoch):
 def restore_state(run, path):
     """Continue a run from last.pt: same step, optimizer, scheduler, EMA, RNG and history."""
     state = load_checkpoint(path, map_location=run.device)
-    changed = diff_keys(state["config"], run.config)
+    changed = [k for k in diff_keys(state["config"], run.config) if k != "training.members"]  # another member's business
     differing = [k for k in changed if k not in RESUMABLE_CHANGES]
     if differing:
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "

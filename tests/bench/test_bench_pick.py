@@ -85,9 +85,10 @@ def test_topaz_runs_first_on_the_same_blind_folder_and_caps_our_training_time(wo
 def test_settings_are_chosen_on_val_with_the_overrides_given(world, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
-    bench_pick.main(["--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir",
-                     str(tmp_path / "out"), "--config", str(config), "--pickers", "ours", "--score-split", "val",
-                     "--set", "training.seed=3", "--preprocess-set", "preprocessing.unlabeled_windows_per=expected"])
+    (_, _, ours), = bench_pick.main([
+        "--data-root", str(world.root / "data"), "--label-fractions", "0.5", "--output-dir", str(tmp_path / "out"),
+        "--config", str(config), "--pickers", "ours", "--score-split", "val", "--set", "training.seed=3",
+        "training.members=2", "--preprocess-set", "preprocessing.unlabeled_windows_per=expected"])
     case = tmp_path / "out" / "F0.5"
     val, _ = read_coco(case / "data" / "annotations" / "instances_val.json")
     test, _ = read_coco(case / "data" / "annotations" / "instances_test.json")
@@ -95,6 +96,11 @@ def test_settings_are_chosen_on_val_with_the_overrides_given(world, tmp_path):
     assert scored["n_targets"] == sum(map(len, val.values())) != sum(map(len, test.values()))
     picked = {p.stem for p in (case / "picks" / "candidates").glob("*.npy")}
     assert picked == set(val)
-    assert yaml.safe_load((case / "runs" / "ours" / "config.yaml").read_text())["training"]["seed"] == 3
+    runs = [case / "runs" / "ours", case / "runs" / "ours" / "member2"]
+    assert [yaml.safe_load((run / "config.yaml").read_text())["training"]["seed"] for run in runs] == [3, 4]
+    manifest = json.loads((case / "picks" / "manifest.json").read_text())
+    assert manifest["checkpoint"] == [str(run / "best.pt") for run in runs] and ours["members"] == 2
+    seconds = [json.loads((run / "results.json").read_text())["timings"]["train_seconds"] for run in runs]
+    assert ours["train_s"] == pytest.approx(sum(seconds))
     meta = json.loads((case / "chunks" / "metadata.json").read_text())
     assert meta["config"]["unlabeled_windows_per"] == "expected"

@@ -14,11 +14,13 @@ from datasets.geometry import to_scaled
 from datasets.io.coordinates import read_coco, read_coordinates
 from datasets.io.micrographs import prepare_micrograph
 from models.checkpoint import V1_FORMAT, save_checkpoint
+from models.ensemble import MeanLogitEnsemble
 from models.input import NetworkInput
 from models.resnet import build_model
 from picking.evaluate import precision_recall
 from picking.score import (Picker, load_picker, pick_distances, pick_micrograph, picks_from_score_map,
-                           rescore_at_peaks, score_micrograph, square_symmetries, window_grid, window_scorer)
+                           prepare_for_picking, rescore_at_peaks, score_micrograph, square_symmetries, window_grid,
+                           window_scorer)
 from picking.writers import (FORMATS, candidates_path, per_micrograph_files, read_candidates, record,
                              write_candidates, write_outputs)
 from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
@@ -425,3 +427,70 @@ def test_pick_distances_scale_with_the_diameter_and_an_edge_margin_given_stands(
     assert pick_distances(64.0) == (32.0, 8.0)
     assert pick_distances(64.0, 0.4, edge_margin_px=0.0) == (25.6, 0.0)
     assert pick_distances(61.0, edge_margin_px=20.0) == (30.5, 20.0)
+
+
+# Ensembles: several checkpoints trained on the same patches score the mean of their logits.
+
+def member(path, seed, facts=SMALL_FACTS):
+    """A checkpoint whose network starts from `seed` (so members differ)."""
+    torch.manual_seed(seed)
+    return make_checkpoint(path, build_model("resnet_tiny", 0.3), facts)
+
+
+def pick_with(checkpoints, micrograph, output_dir):
+    return pick_particles.main(["--checkpoint", *map(str, checkpoints), "--micrographs", str(micrograph),
+                                "--output-dir", str(output_dir), "--device", "cpu", "--stride", "16"])
+
+
+def window_logits(picker, micrograph):
+    image = prepare_for_picking(micrograph, picker.facts).image
+    score_map, _ = score_micrograph(picker.model, image, patch_size=picker.facts.patch_size, spec=picker.spec,
+                                    stride=16, device="cpu", bf16=False)
+    return score_map
+
+
+def test_the_ensemble_network_returns_the_mean_of_its_members_logits():
+    members = [torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)]
+    x = torch.randn(5, 3)
+    assert torch.allclose(MeanLogitEnsemble(members)(x), (members[0](x) + members[1](x)) / 2)
+    with pytest.raises(ValueError):
+        MeanLogitEnsemble([])
+
+
+def test_an_ensemble_scores_every_window_at_the_mean_of_its_members_logits(synthetic, tmp_path):
+    folder, _ = synthetic
+    micrograph = folder / "synthetic_0.mrc"
+    first, second = member(tmp_path / "a.pt", 1), member(tmp_path / "b.pt", 2)
+    alone = [window_logits(load_picker(path, "cpu"), micrograph) for path in (first, second)]
+    together = window_logits(load_picker([first, second], "cpu"), micrograph)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the members differ ...
+    assert torch.allclose(together, (alone[0] + alone[1]) / 2, atol=1e-4)  # ... and the ensemble is their mean
+    single = load_picker([first], "cpu")
+    assert not isinstance(single.model, MeanLogitEnsemble)  # one checkpoint is no ensemble
+
+
+def test_members_trained_on_other_patches_are_refused_naming_the_checkpoint(synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    first = member(tmp_path / "a.pt", 1)
+    other = member(tmp_path / "other.pt", 2, replace(SMALL_FACTS, particle_diameter_px=60.0))
+    with pytest.raises(SystemExit) as exit_info:
+        pick_with([first, other], folder / "synthetic_0.mrc", tmp_path / "picks")
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1
+    assert str(other) in error and "same chunks" in error
+    assert not (tmp_path / "picks" / "manifest.json").exists()
+
+
+def test_the_manifest_lists_every_member_and_a_rerun_with_other_members_is_refused(synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    micrograph = folder / "synthetic_0.mrc"
+    first, second = member(tmp_path / "a.pt", 1), member(tmp_path / "b.pt", 2)
+    done = pick_with([first, second], micrograph, tmp_path / "picks")
+    manifest = json.loads((tmp_path / "picks" / "manifest.json").read_text())
+    assert manifest["checkpoint"] == [str(first.resolve()), str(second.resolve())]
+    assert len(manifest["settings"]["checkpoint_sha256"]) == 2 and done["picked"] == 1
+    again = pick_with([first, second], micrograph, tmp_path / "picks")
+    assert (again["picked"], again["skipped"]) == (0, 1)
+    with pytest.raises(SystemExit) as exit_info:
+        pick_with([first], micrograph, tmp_path / "picks")
+    assert exit_info.value.code == 2 and "checkpoint" in capsys.readouterr().err

@@ -7,16 +7,20 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import make_synthetic_dataset
 import preprocess_coco_full_dataset
 import train_pu_fixed_full
 import train_with_chunked_data
+from common.errors import InputError
 from conftest import REPO
 from datasets.chunks.format import PreprocessingFacts
 from models.checkpoint import load_checkpoint
+from models.ensemble import MeanLogitEnsemble
 from models.precision import native_bf16
 from picking.score import load_picker
+from training.cli import member_checkpoints, member_runs
 
 FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.batch_size=32",
         "training.steps_per_epoch=8", "training.log_every=4", "data.max_eval_samples=400",
@@ -207,6 +211,34 @@ def test_the_normalisation_trained_with_travels_to_picking(chunks, tmp_path):
     assert picker.spec.normalization == "patch_mean" and picker.spec.input_size == 32
     assert picker.facts == PreprocessingFacts.from_dict(json.loads((chunks / "metadata.json").read_text())["facts"],
                                                         "metadata")
+
+
+def test_members_train_one_after_the_other_with_their_own_seeds_and_pick_as_one_ensemble(chunks, tmp_path, capsys):
+    first = train(chunks, tmp_path, "training.members=2", name="pair", epochs=1)
+    run = tmp_path / "pair"
+    assert member_checkpoints(run) == [run / "best.pt", run / "member2" / "best.pt"]
+    configs = [yaml.safe_load((d / "config.yaml").read_text())["training"] for d in (run, run / "member2")]
+    assert [(c["seed"], c["members"]) for c in configs] == [(42, 2), (43, 2)]
+    results = [json.loads((d / "results.json").read_text()) for d in (run, run / "member2")]
+    assert first == results[0]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["members"] == 2 and summary["steps"] == results[0]["steps"] + results[1]["steps"] == 16
+    assert summary["train_seconds"] == pytest.approx(sum(r["timings"]["train_seconds"] for r in results), abs=0.1)
+    assert isinstance(load_picker(member_checkpoints(run), "cpu").model, MeanLogitEnsemble)
+    again = train(chunks, tmp_path, "training.members=2", name="pair", epochs=1)  # a rerun resumes both: no step more
+    assert again["steps"] == first["steps"]
+    assert json.loads((run / "member2" / "results.json").read_text())["steps"] == results[1]["steps"]
+
+
+def test_members_share_the_time_budget_and_a_count_that_is_no_whole_number_is_refused(tmp_path):
+    config = {"training": {"members": 3, "seed": 7, "max_minutes": 30}}
+    runs = member_runs(config, tmp_path)
+    assert [(c["training"]["seed"], c["training"]["max_minutes"], d) for c, d in runs] == [
+        (7, 10, tmp_path), (8, 10, tmp_path / "member2"), (9, 10, tmp_path / "member3")]
+    assert config["training"] == {"members": 3, "seed": 7, "max_minutes": 30}  # the run's own config is untouched
+    for bad in (0, 1.5, True, "two"):
+        with pytest.raises(InputError, match="training.members"):
+            member_runs({"training": {"members": bad, "seed": 7, "max_minutes": None}}, tmp_path)
 
 
 def _error(capsys, argv):
