@@ -158,6 +158,10 @@ def check_options(args) -> None:
             raise InputError(f"--{name.replace('_', '-')} {value:g} must be positive")
     if args.edge_margin is not None and args.edge_margin < 0:
         raise InputError(f"--edge-margin {args.edge_margin:g} must be zero or more (micrograph px)")
+    resolved = [Path(path).resolve() for path in args.checkpoint]
+    twice = next((path for index, path in enumerate(args.checkpoint) if resolved[index] in resolved[:index]), None)
+    if twice is not None:
+        raise InputError(f"--checkpoint {twice} is given twice; pass each ensemble member once")
     if args.peak_symmetries is not None and args.peak_symmetries > 1 and not args.peak_rescore:
         raise InputError(f"--peak-symmetries {args.peak_symmetries} averages views of the rescored peaks; "
                          f"drop --no-peak-rescore, or --peak-symmetries 1 to score the grid alone")
@@ -173,7 +177,8 @@ def pick_settings(args, picker, device) -> dict:
     facts, input_size = picker.facts, picker.spec.input_size
     stride = args.stride or default_stride(facts, picker.spec)
     precision = args.precision if args.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
-    return {"checkpoint_sha256": one_or_list([file_sha256(path) for path in args.checkpoint]), "stride": stride, "peak_rescore": args.peak_rescore,
+    return {"checkpoint_sha256": one_or_list([file_sha256(path) for path in args.checkpoint]), "stride": stride,
+            "peak_rescore": args.peak_rescore,
             "peak_symmetries": args.peak_symmetries or (DEFAULT_PEAK_SYMMETRIES if args.peak_rescore else 1),
             "min_distance_fraction": args.min_distance_fraction, "candidate_threshold": args.candidate_threshold,
             "edge_margin_px": args.edge_margin, "diameter_px": float(facts.particle_diameter_px),

@@ -95,14 +95,14 @@ stage preprocess "$PYTHON" preprocess_coco_full_dataset.py --data-root "$DATA_RO
 
 # 2. training with the data's prior (reruns resume last.pt); it prints the test patch metrics of results.json.
 # With training.members > 1 it trains an ensemble: member k in ${RUN_DIR}/member<k>, picked together below
-member_checkpoints() {  # best.pt of every member of the run, one per line
-  "$PYTHON" -c 'import sys; from training.cli import member_checkpoints
-print(*member_checkpoints(sys.argv[1]), sep="\n")' "$RUN_DIR"
+member_checkpoints() {  # best.pt of every member of the run, one per line (the pipeline stops if it cannot tell)
+  "$PYTHON" -c 'import sys; from training.members import member_checkpoints
+print(*member_checkpoints(sys.argv[1]), sep="\n")' "$RUN_DIR" || exit 1
 }
 trained() {  # every member has its results.json
   [[ -f "${RUN_DIR}/config.yaml" ]] || return 1
-  local checkpoint checkpoints; mapfile -t checkpoints < <(member_checkpoints)
-  for checkpoint in "${checkpoints[@]}"; do [[ -f "$(dirname "$checkpoint")/results.json" ]] || return 1; done
+  local checkpoint listed; listed=$(member_checkpoints) || exit 1
+  while IFS= read -r checkpoint; do [[ -f "$(dirname "$checkpoint")/results.json" ]] || return 1; done <<< "$listed"
 }
 if trained; then skip train "${RUN_DIR}/results.json"
 else
@@ -121,7 +121,8 @@ for m in json.load(open(sys.argv[1]))["micrographs"]:
     "${CHUNKS_DIR}/metadata.json" > "$TEST_MICROGRAPHS"
 fi
 PICK_COUNT_FLAG=(); [[ -n "$EXPECTED" ]] && PICK_COUNT_FLAG=(--expected-particles "$EXPECTED")
-mapfile -t CHECKPOINTS < <(member_checkpoints)
+LISTED=$(member_checkpoints) || exit 1
+mapfile -t CHECKPOINTS <<< "$LISTED"
 stage pick "$PYTHON" pick_particles.py --checkpoint "${CHECKPOINTS[@]}" --micrographs "$TEST_MICROGRAPHS" \
   --output-dir "${RUN_DIR}/picks" --overlays 2 "${DEVICE_FLAG[@]}" "${PICK_COUNT_FLAG[@]}"
 

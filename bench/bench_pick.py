@@ -31,7 +31,7 @@ from common.flags import add_renamed_argument
 from datasets.io.coordinates import write_coco, write_cryoppp_csv
 from datasets.io.layout import SPLITS, dataset_diameter, load_dataset
 from datasets.io.micrographs import read_micrograph
-from training.cli import member_checkpoints
+from training.members import member_checkpoints
 
 
 def kept_particles(particles, fraction, rng):

@@ -88,29 +88,31 @@ def test_failing_stage_stops_with_its_name(tmp_path):
     assert done.returncode != 0 and "stage 'preprocess' failed" in done.stderr
 
 
-def test_an_ensemble_killed_mid_training_resumes_and_picks_with_every_member(tmp_path):
-    """training.members: 2, killed while member 2 trains: the rerun does not skip training (member 1's results.json
-    is not enough), resumes member 2 where it was, and picks with both members' best.pt as one ensemble."""
-    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 6, members: 2"))
+@pytest.mark.parametrize("members", [1, 2])
+def test_killed_mid_training_resumes_the_same_run_and_picks_with_every_member(tmp_path, members):
+    """Killed while the last member trains: the rerun does not skip training (an earlier member's results.json is
+    not enough), resumes that member where it was, and picks with every member's best.pt (one ensemble)."""
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", f"epochs: 6, members: {members}"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     process = subprocess.Popen(pipeline_command(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     run = tmp_path / "experiments" / "tiny"
-    last = run / "member2" / "last.pt"
+    last_member = run if members == 1 else run / f"member{members}"
     deadline = time.time() + 600
-    while not last.exists() and time.time() < deadline and process.poll() is None:
+    while not (last_member / "last.pt").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert (run / "results.json").exists() and last.exists() and not (run / "member2" / "results.json").exists()
+    assert (last_member / "last.pt").exists() and not (last_member / "results.json").exists()
     again = run_pipeline(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming {run / 'member2'}" in (run / "logs" / "train.log").read_text()
-    epochs = [json.loads(line)["epoch"] for line in (run / "member2" / "metrics.jsonl").read_text().splitlines()]
+    assert f"resuming {last_member} at epoch" in (run / "logs" / "train.log").read_text()
+    epochs = [json.loads(line)["epoch"] for line in (last_member / "metrics.jsonl").read_text().splitlines()]
     assert epochs == sorted(set(epochs)) and epochs[0] == 1
-    assert json.loads((run / "member2" / "results.json").read_text())["steps"] == epochs[-1] * 8
+    assert json.loads((last_member / "results.json").read_text())["steps"] == epochs[-1] * 8
     manifest = json.loads((run / "picks" / "manifest.json").read_text())
-    assert manifest["checkpoint"] == [str(run / "best.pt"), str(run / "member2" / "best.pt")]
+    members_picked = [str(run / "best.pt"), *(str(run / f"member{k}" / "best.pt") for k in range(2, members + 1))]
+    assert manifest["checkpoint"] == (members_picked[0] if members == 1 else members_picked)
 
 
 def free_port():

@@ -1,14 +1,14 @@
 """What both training scripts share: flags, config resolution, the prior and the run dir."""
 import argparse
-import copy
 import json
 from pathlib import Path
 
-from common.config import load_yaml, resolve_config
+from common.config import resolve_config
 from common.errors import InputError, exit_on_input_error
 from datasets.chunks.format import read_facts
 from datasets.prior import ClassPrior, read_prior
-from training.engine import fit
+from training.engine import fit, process_group
+from training.members import member_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "pu_full_fixed.yaml"
@@ -54,41 +54,15 @@ def run_training(args, flags):
         about_prior = f"prior pi = {prior.value:.4f} ({prior.source})" if prior else "no prior (PN baseline)"
         print(f"run dir {run_dir}; {about_prior}")
         members, results = member_runs(config, run_dir), []
-        for number, (member_config, member_dir) in enumerate(members, start=1):
-            if len(members) > 1:
-                print(f"ensemble member {number} of {len(members)}: {member_dir} "
-                      f"(training.seed {member_config['training']['seed']})")
-            results.append(fit(member_config, member_dir, facts, prior, args.device, args.num_workers))
+        with process_group(args.device):  # under torchrun, one group for every member
+            for number, (member_config, member_dir) in enumerate(members, start=1):
+                if len(members) > 1:
+                    print(f"ensemble member {number} of {len(members)}: {member_dir} "
+                          f"(training.seed {member_config['training']['seed']})")
+                results.append(fit(member_config, member_dir, facts, prior, args.device, args.num_workers))
     if results[-1] is not None:
         print_results(results, run_dir, [member_dir for _, member_dir in members])
     return results[0]
-
-
-def member_runs(config, run_dir) -> list[tuple[dict, Path]]:
-    """(config, run dir) of each of training.members networks, trained one after the other on the same
-    chunks: the first is the run itself, member k >= 2 trains in run_dir/member<k> with training.seed + k - 1.
-    training.max_minutes is the whole ensemble's budget, shared evenly."""
-    count, training = config["training"]["members"], config["training"]
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise InputError(f"training.members {count!r} must be a whole number of networks, 1 or more")
-    runs = []
-    for number, member_dir in enumerate(member_dirs(run_dir, count), start=1):
-        member = copy.deepcopy(config)
-        member["training"]["seed"] = training["seed"] + number - 1
-        if training["max_minutes"]:
-            member["training"]["max_minutes"] = training["max_minutes"] / count
-        runs.append((member, member_dir))
-    return runs
-
-
-def member_dirs(run_dir, count) -> list[Path]:
-    return [Path(run_dir) if number == 1 else Path(run_dir) / f"member{number}" for number in range(1, count + 1)]
-
-
-def member_checkpoints(run_dir) -> list[Path]:
-    """best.pt of every member of the run in run_dir (training.members of its config.yaml): what picking takes."""
-    config = load_yaml(Path(run_dir) / "config.yaml")
-    return [d / "best.pt" for d in member_dirs(run_dir, config["training"].get("members", 1))]
 
 
 def print_results(member_results, run_dir, member_dirs):
@@ -116,4 +90,3 @@ def print_results(member_results, run_dir, member_dirs):
 
 def new_parser(description):
     return add_common_flags(argparse.ArgumentParser(description=description))
-

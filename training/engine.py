@@ -40,7 +40,7 @@ from training.metrics import best_f1_threshold, patch_metrics, threshold_metrics
 from training.visuals import (Visuals, build_visuals, check_visual_settings, log_picks_preview, log_pr_curve,
                               log_unlabeled_grids)
 
-RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.early_stopping_patience",
+RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.members", "training.early_stopping_patience",
                      "training.unlabeled_grid_size", "training.unlabeled_grid_pool", "training.picks_preview_every"}
 POSTFIX_EVERY = 10  # steps between updates of the progress bar's loss and mask rate (each one a host sync)
 
@@ -421,7 +421,7 @@ def save_state(run, name, epoch, step_in_epoch):
 def restore_state(run, path):
     """Continue a run from last.pt: same step, optimizer, scheduler, EMA, RNG and history."""
     state = load_checkpoint(path, map_location=run.device)
-    changed = [k for k in diff_keys(state["config"], run.config) if k != "training.members"]  # another member's business
+    changed = diff_keys(state["config"], run.config)
     differing = [k for k in changed if k not in RESUMABLE_CHANGES]
     if differing:
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
@@ -512,10 +512,17 @@ def end_epoch(run, epoch, parts, val, averaging_started=False):
     return epoch - progress["best_epoch"] >= cfg["early_stopping_patience"]
 
 
+def member_budget_seconds(training_cfg) -> float:
+    """This network's share of training.max_minutes (the whole ensemble's), in seconds; inf without one."""
+    if not training_cfg["max_minutes"]:
+        return float("inf")
+    return training_cfg["max_minutes"] * 60 / training_cfg["members"]
+
+
 def train(run, start_epoch, skip):
     """Epochs from start_epoch until done, early stopping, or the time budget."""
     cfg = run.config["training"]
-    budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else float("inf")
+    budget = member_budget_seconds(cfg)
     for epoch in range(start_epoch, cfg["epochs"]):
         run.progress["epoch_started"] = time.time()
         if math.isfinite(budget):
@@ -535,7 +542,7 @@ def train(run, start_epoch, skip):
             run.progress["stopped"] = f"early stopping after epoch {epoch + 1}"
             break
         if out_of_time:
-            run.progress["stopped"] = f"time budget of {cfg['max_minutes']} min reached in epoch {epoch + 1}"
+            run.progress["stopped"] = f"time budget of {budget / 60:.4g} min reached in epoch {epoch + 1}"
             break
     if run.progress["stopped"] and run.main:
         print(f"\n{run.progress['stopped']}")
@@ -579,15 +586,29 @@ def setup_distributed(device_name):
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # an ensemble's members share the group their caller holds
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world_size, device
+
+
+@contextmanager
+def process_group(device_name=None):
+    """(rank, world_size, device), holding the torchrun process group until the block ends when this call
+    created it (so several fits, an ensemble's members, run in one group: a group torn down and made
+    again on the same store can hang); outside torchrun (0, 1, device)."""
+    created = not dist.is_initialized()
+    rank, world_size, device = setup_distributed(device_name)
+    try:
+        yield rank, world_size, device
+    finally:
+        if world_size > 1 and created:
+            dist.destroy_process_group()
 
 
 def fit(config, run_dir, facts, prior, device_name=None, num_workers=0):
     """Train (or resume) the run in run_dir on data with `facts`, π `prior` (a ClassPrior, or None for
     the PN baseline); returns results.json's dict on rank 0. Rank 0 holds the run dir's lock."""
-    rank, world_size, device = setup_distributed(device_name)
-    try:
+    with process_group(device_name) as (rank, world_size, device):
         with folder_lock(run_dir, "training") if rank == 0 else nullcontext():
             try:
                 return _fit(config, run_dir, facts, prior, device, rank, world_size, num_workers)
@@ -595,9 +616,6 @@ def fit(config, run_dir, facts, prior, device_name=None, num_workers=0):
                 if rank == 0:  # while the lock is ours: a failed start leaves no empty run folder behind
                     remove_if_unused(run_dir)
                 raise
-    finally:
-        if world_size > 1:
-            dist.destroy_process_group()
 
 
 def remove_if_unused(run_dir):

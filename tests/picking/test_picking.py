@@ -494,3 +494,13 @@ def test_the_manifest_lists_every_member_and_a_rerun_with_other_members_is_refus
     with pytest.raises(SystemExit) as exit_info:
         pick_with([first], micrograph, tmp_path / "picks")
     assert exit_info.value.code == 2 and "checkpoint" in capsys.readouterr().err
+
+
+def test_a_member_given_twice_is_refused_before_the_model_loads(synthetic, tmp_path, capsys):
+    folder, _ = synthetic
+    first = member(tmp_path / "a.pt", 1)
+    with pytest.raises(SystemExit) as exit_info:
+        pick_with([first, tmp_path / "." / "a.pt"], folder / "synthetic_0.mrc", tmp_path / "picks")
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "is given twice; pass each ensemble member once" in error
+    assert not (tmp_path / "picks").exists()

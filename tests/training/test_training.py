@@ -20,7 +20,8 @@ from models.checkpoint import load_checkpoint
 from models.ensemble import MeanLogitEnsemble
 from models.precision import native_bf16
 from picking.score import load_picker
-from training.cli import member_checkpoints, member_runs
+from training.engine import member_budget_seconds
+from training.members import member_checkpoints, member_dirs, member_runs
 
 FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.batch_size=32",
         "training.steps_per_epoch=8", "training.log_every=4", "data.max_eval_samples=400",
@@ -214,8 +215,10 @@ def test_the_normalisation_trained_with_travels_to_picking(chunks, tmp_path):
 
 
 def test_members_train_one_after_the_other_with_their_own_seeds_and_pick_as_one_ensemble(chunks, tmp_path, capsys):
-    first = train(chunks, tmp_path, "training.members=2", name="pair", epochs=1)
+    alone = train(chunks, tmp_path, name="pair", epochs=1)
+    first = train(chunks, tmp_path, "training.members=2", name="pair", epochs=1)  # a second member joins the run
     run = tmp_path / "pair"
+    assert first["steps"] == alone["steps"] == 8  # ... and the first is not trained again
     assert member_checkpoints(run) == [run / "best.pt", run / "member2" / "best.pt"]
     configs = [yaml.safe_load((d / "config.yaml").read_text())["training"] for d in (run, run / "member2")]
     assert [(c["seed"], c["members"]) for c in configs] == [(42, 2), (43, 2)]
@@ -233,9 +236,11 @@ def test_members_train_one_after_the_other_with_their_own_seeds_and_pick_as_one_
 def test_members_share_the_time_budget_and_a_count_that_is_no_whole_number_is_refused(tmp_path):
     config = {"training": {"members": 3, "seed": 7, "max_minutes": 30}}
     runs = member_runs(config, tmp_path)
-    assert [(c["training"]["seed"], c["training"]["max_minutes"], d) for c, d in runs] == [
-        (7, 10, tmp_path), (8, 10, tmp_path / "member2"), (9, 10, tmp_path / "member3")]
+    assert [(c["training"]["seed"], d) for c, d in runs] == [(7, tmp_path), (8, tmp_path / "member2"),
+                                                             (9, tmp_path / "member3")]
     assert config["training"] == {"members": 3, "seed": 7, "max_minutes": 30}  # the run's own config is untouched
+    assert [member_budget_seconds(c["training"]) for c, _ in runs] == [600.0] * 3  # 30 minutes shared by three
+    assert member_budget_seconds({"members": 2, "max_minutes": None}) == math.inf
     for bad in (0, 1.5, True, "two"):
         with pytest.raises(InputError, match="training.members"):
             member_runs({"training": {"members": bad, "seed": 7, "max_minutes": None}}, tmp_path)
@@ -291,15 +296,18 @@ def test_incomplete_preprocessing_and_no_positives(chunks, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ddp_run(chunks, tmp_path):
+@pytest.mark.parametrize("members", [1, 2])
+def test_two_process_gloo_ddp_run(chunks, tmp_path, members):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    port = str(29533 + members)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            str(REPO / "train_pu_fixed_full.py"), "--data-dir", str(chunks), "--exp-name", "ddp", "--output-root",
-           str(tmp_path), "--device", "cpu", "--use-data-prior", "--epochs", "1", *FAST]
+           str(tmp_path), "--device", "cpu", "--use-data-prior", "--epochs", "1", *FAST, f"training.members={members}"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    assert results["steps"] == 8 and 0.0 <= results["test"]["auc"] <= 1.0
+    for run in member_dirs(tmp_path / "ddp", members):
+        results = json.loads((run / "results.json").read_text())
+        assert results["steps"] == 8 and 0.0 <= results["test"]["auc"] <= 1.0
 
 
 @pytest.mark.slow
