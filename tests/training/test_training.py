@@ -169,7 +169,9 @@ def test_cosine_schedule_ends_at_the_time_budget():
     assert schedule.get_last_lr()[0] == pytest.approx(0.0)
 
 
-def test_time_budget_stops_the_run_with_the_learning_rate_annealed(chunks, tmp_path, monkeypatch):
+@pytest.mark.parametrize("members", [1, 2])
+def test_time_budget_stops_the_run_with_the_learning_rate_annealed(chunks, tmp_path, monkeypatch, members):
+    """training.max_minutes is the ensemble's: each of two members stops at its half, annealed there."""
     from types import SimpleNamespace
 
     from training import engine
@@ -179,12 +181,15 @@ def test_time_budget_stops_the_run_with_the_learning_rate_annealed(chunks, tmp_p
         clock["now"] += 0.02
         return clock["now"]
     monkeypatch.setattr(engine, "time", SimpleNamespace(time=tick))
-    results = train(chunks, tmp_path, "training.max_minutes=0.005", name="budget", epochs=50)
-    assert results["stopped"].startswith("time budget of 0.005 min reached")
-    records = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
-    by_steps = 0.002 * 0.5 * (1 + math.cos(math.pi * records[-1]["step"] / (50 * 8)))  # > 0.0019
-    assert records[-1]["lr"] < 0.5 * by_steps  # annealed by the clock (the last step's lr lags it by one step)
-    assert results["timings"]["train_seconds"] == pytest.approx(0.3, abs=0.5)
+    train(chunks, tmp_path, f"training.max_minutes={0.005 * members}", f"training.members={members}",
+          name="budget", epochs=50)
+    for run in member_dirs(tmp_path / "budget", members):
+        results = json.loads((run / "results.json").read_text())
+        assert results["stopped"].startswith("time budget of 0.005 min reached")
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        by_steps = 0.002 * 0.5 * (1 + math.cos(math.pi * records[-1]["step"] / (50 * 8)))  # > 0.0019
+        assert records[-1]["lr"] < 0.5 * by_steps  # annealed by the clock (the last step's lr lags it by one step)
+        assert results["timings"]["train_seconds"] == pytest.approx(0.3, abs=0.5)
 
 
 def test_chunked_script_uses_data_prior_and_positive_ratio(chunks, tmp_path):
