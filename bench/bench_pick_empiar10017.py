@@ -48,10 +48,10 @@ def ours(args, out, log):
                "--micrographs", Path(args.data_root) / "test", "--output-dir", picks, "--overlays", "1",
                "--device", "cpu"], log)
     summary = evaluate(picks, args.data_root, out / "eval_ours.json", log)
-    results, *others = [json.loads((c.parent / "results.json").read_text()) for c in checkpoints]
-    return {"summary": summary, "train_s": sum(r["timings"]["train_seconds"] for r in [results, *others]),
+    results = [json.loads((c.parent / "results.json").read_text()) for c in checkpoints]
+    return {"summary": summary, "train_s": sum(r["timings"]["train_seconds"] for r in results),
             "members": len(checkpoints), "train_wall_s": train,
-            "pick_s_per_mic": pick / 5, "patch_test": results["test"]}
+            "pick_s_per_mic": pick / 5, "patch_test": results[0]["test"]}
 
 
 def evaluate(picks, data_root, output, log):

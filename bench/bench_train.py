@@ -26,7 +26,7 @@ from models import build_model
 from models.input import network_input
 from models.precision import native_bf16
 from training.cli import DEFAULT_CONFIG
-from training.engine import build_run, new_progress, train_step
+from training.engine import build_run, new_progress, train_step, uses_bf16
 
 
 def timed(function, steps, device):
@@ -41,16 +41,15 @@ def timed(function, steps, device):
     return (time.perf_counter() - start) / steps
 
 
-def bare_model_seconds(config, n_images, size, device):
+def bare_model_seconds(config, n_images, size, device, bf16):
     model = build_model(config["model"]["backbone"], config["model"]["dropout"]).to(device)
     x = torch.randn(n_images, 1, size, size, device=device)
     optimizer = torch.optim.AdamW(model.parameters())
-    use_amp = config["training"]["amp"] and native_bf16(device)
     if device.type == "cuda":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(x).float().mean()
         optimizer.zero_grad()
         loss.backward()
@@ -79,8 +78,8 @@ def main(argv=None):
         sample = next(run.batches.epoch(0))
         steps[precision] = timed(lambda: train_step(run, sample), args.steps, device)
         views = 2 if run.consistency is not None else 1
-        bares[precision] = timed(bare_model_seconds(config, views * batch, run.network_input.input_size, device),
-                                 args.steps, device)
+        bares[precision] = timed(bare_model_seconds(config, views * batch, run.network_input.input_size, device,
+                                                    bf16=uses_bf16(run)), args.steps, device)
     x = network_input(sample["patches"], run.network_input, device)
     augment = timed(lambda: (weak_augment(x, generator=run.generator), strong_augment(x, generator=run.generator)),
                     args.steps, device)
@@ -105,6 +104,7 @@ def main(argv=None):
               f"{'step/bare (images/s): ' + format(images / (views * batch / bares[precision]), '.2f')}")
     if len(precisions) == 2:
         print(f"{'full step, bf16 / fp32':38s} {steps['fp32'] / steps['bf16']:10.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -49,7 +49,7 @@ from models.precision import native_bf16
 from picking.score import default_stride, load_picker, pick_distances, pick_prepared, prepare_for_picking
 from synthetic.simulator import SyntheticConfig
 from training.cli import DEFAULT_CONFIG
-from training.engine import build_run, new_progress, train_step
+from training.engine import build_run, new_progress, train_step, uses_bf16
 
 GUIDE_EPOCH_PATCHES = 2_700_000  # train patches in one epoch of the guides' full data set
 PREPROCESSING = load_yaml(preprocess_coco_full_dataset.DEFAULT_CONFIG)["preprocessing"]  # its defaults
@@ -149,7 +149,7 @@ def step_figures(config, chunks, steps, device, run_dir):
     views = 2 if run.consistency is not None else 1
     teacher = 1 if (run.ema is not None and run.consistency is not None) else 0
     return {"seconds": seconds, "student_views": views, "teacher_views": teacher,
-            "input_px": run.network_input.input_size}
+            "input_px": run.network_input.input_size, "bf16": uses_bf16(run)}
 
 
 def train_part(plan, chunks, batch_size, device, root):
@@ -159,7 +159,7 @@ def train_part(plan, chunks, batch_size, device, root):
     views, images = step["student_views"], step["student_views"] + step["teacher_views"]
     bare_images = views * batch_size
     bare_s, bare_peak = with_peak_memory(device, lambda: timed(
-        bare_model_seconds(config, bare_images, step["input_px"], device), plan.steps, device))
+        bare_model_seconds(config, bare_images, step["input_px"], device, step["bf16"]), plan.steps, device))
     consumed = batch_size / step["seconds"]
     loader = bench_loader_modes([chunks], "train", batch_size=batch_size, n_batches=plan.loader_batches)
     return {"batch_size": batch_size, "backbone": config["model"]["backbone"], "input_px": step["input_px"],

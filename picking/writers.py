@@ -17,8 +17,9 @@ from the candidates at one threshold (`write_outputs`), by `pick_particles.py` a
 "width", "height", "pixel_size", "size_ratio", "diameter_px", "seconds" | "reason"}], "checkpoint" (its
 path, or the list of an ensemble's), "settings", "outputs"}, rewritten atomically before and after every
 micrograph: a micrograph whose entry says done and whose candidates exist is not picked again; only files
-of listed micrographs are ever overwritten (`own_files`). A process picking shard i of N keeps its own `manifest.shard-i-of-N.json` (no two
-processes write one file) and the manifests are merged on read (`read_manifests`).
+of listed micrographs are ever overwritten (`own_files`). A process picking shard i of N keeps its own
+`manifest.shard-i-of-N.json` (no two processes write one file) and the manifests are merged on read
+(`read_manifests`).
 """
 import fnmatch
 import json
