@@ -56,7 +56,8 @@ def get_args_parser():
                         help="partial (default: your labels are all there is, nothing is hidden, no truth is read) or "
                              "complete (a research split: --hide-ratio of them hidden, pi counted)")
     parser.add_argument("--expected-particles", type=float,
-                        help="particles per micrograph (labeled or not), for pi with --labels partial")
+                        help="particles per micrograph (labeled or not): pi with --labels partial; the unlabeled "
+                             "windows are drawn per expected particle (preprocessing.unlabeled_windows_per)")
     parser.add_argument("--hide-ratio", type=float, help="--labels complete: fraction of train particles hidden")
     parser.add_argument("--neg-per-pos", type=float, help="negatives per particle")
     parser.add_argument("--neg-min-distance", type=float, help="negatives at least this x diameter away")
@@ -150,8 +151,10 @@ def estimated_prior(done, output_dir, metadata, diameter, achieved):
 
 def window_basis_count(pre):
     """The particle count far negatives and random windows are drawn per on a train micrograph, when it is
-    not the labeled count: the expected count, for partial labels with `unlabeled_windows_per: expected`."""
-    use_expected = pre["labels"] == "partial" and pre["unlabeled_windows_per"] == "expected"
+    not the labeled count: the expected count, with `unlabeled_windows_per: expected` (the default) and
+    `--expected-particles`. With --labels complete the count only sets this basis (pi is counted from the
+    truth), so a research protocol can count pi over the very windows a partial-labels run drew."""
+    use_expected = pre["unlabeled_windows_per"] == "expected"
     return pre["expected_particles"] if use_expected else None
 
 

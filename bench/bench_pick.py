@@ -89,12 +89,14 @@ def preprocess(data_root, output_dir, args, log, *labels):
         *labels, "--num-workers", "2", *preprocess_set], log)
 
 
-def counted_prior(root, case, args, log):
-    """The pi the complete labels count over the windows the user's path drew (the same seed draws the same
-    windows; the truth only marks which are centred on a particle). Run after ours; its chunks are deleted."""
+def counted_prior(root, case, expected, args, log):
+    """The pi the complete labels count over the windows the user's path drew (the same seed and expected
+    count draw the same windows; the truth only marks which are centred on a particle). Run after ours; its
+    chunks are deleted."""
     counted = case / "counted"
     shutil.rmtree(counted, ignore_errors=True)
-    preprocess(truth_folder(root, case / "data", case / "truth"), counted, args, log, "--labels", "complete")
+    preprocess(truth_folder(root, case / "data", case / "truth"), counted, args, log, "--labels", "complete",
+               "--expected-particles", f"{expected:.1f}")
     prior = json.loads((counted / "metadata.json").read_text())["priors"]["prior_unlabeled"]
     shutil.rmtree(counted)
     return prior
@@ -199,7 +201,7 @@ def main(argv=None):
             minutes = rows[-1][2]["train_s"] / 60  # ours trains no longer than Topaz did
         if "ours" in args.pickers:
             rows.append((fraction, "ours", ours(case / "data", case, expected, args, minutes, log)))
-            rows[-1][2]["prior_counted"] = counted_prior(args.data_root, case, args, log)
+            rows[-1][2]["prior_counted"] = counted_prior(args.data_root, case, expected, args, log)
         print(format_row(*rows[-1]), flush=True)
     print(f"\n{Path(args.data_root).name}, {args.score_split} split: ours with {args.config}; "
           f"Topaz 0.3.20 GE-binomial, "

@@ -2,12 +2,15 @@
 
 A research protocol (it reads truth to score the estimates). Each case is a dataset folder whose train
 labels are partial and whose `ground_truth/` holds every particle, preprocessed three times with the
-same seed, so the same windows are drawn:
-- `--labels complete --hide-ratio 0` reads the truth and counts π over the unlabeled windows;
+same seed:
+- `--labels complete --hide-ratio 0 --expected-particles E` reads the truth and counts π over the
+  unlabeled windows (E only sets how many are drawn: per expected particle, as below);
 - `--labels partial --expected-particles E` (E = the true mean count per train micrograph, what a user
-  would estimate) never reads the truth;
+  would estimate) never reads the truth, and draws the same windows;
 - `--labels partial` with no count: the π of BBE's suggested count (training/prior_estimate.py),
-  which preprocessing records but does not use.
+  which preprocessing records but does not use. With no count its windows are drawn per labeled
+  particle, so that π is over other windows than the counted one (fewer random windows, each far from
+  a labeled particle as likely to hold an unlabeled one): compare it as a rough figure.
 Synthetic cases are generated (density, labeled fraction); with `--data-root` a real set's train labels
 are cut to each `--label-fractions` F as the blind benchmark cuts them, its complete labels becoming
 the truth. Prints one row per case with both estimates and their ratio to the counted π.
@@ -42,10 +45,10 @@ def mean_train_particles(root):
 def priors(root, work, base, bbe=True):
     """(counted, from the expected count, BBE or None) π of one dataset folder with ground_truth/."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        count = ["--expected-particles", str(mean_train_particles(root))]  # also the windows' basis: the same in both
         counted = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "counted"), "--labels",
-                                                            "complete"])
-        expected = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "expected"),
-                                                             "--expected-particles", str(mean_train_particles(root))])
+                                                            "complete", *count])
+        expected = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "expected"), *count])
         estimated = preprocess_coco_full_dataset.main(base + ["--output-dir", str(work / "bbe")]) if bbe else None
     return [counted["priors"]["prior_unlabeled"], expected["priors"]["prior_unlabeled"],
             estimated and estimated["priors"].get("bbe_prior_unlabeled")]

@@ -24,7 +24,7 @@ class TrainBatches:
         dirs, mode = data_cfg["data_dir"], data_cfg["loader_mode"]
         common = dict(batch_size=train_cfg["batch_size"], batch_ratio=tuple(data_cfg["batch_ratio"]),
                       steps_per_epoch=train_cfg["steps_per_epoch"], seed=train_cfg["seed"], rank=rank,
-                      world_size=world_size)
+                      world_size=world_size, known_negative_share=data_cfg["known_negative_share"])
         self.num_workers, self.pin_memory = num_workers, pin_memory
         if mode == "on_demand":
             self.stream = PUStream(open_chunk_dirs(dirs, "train"), buffer_size=data_cfg["shuffle_buffer"],
@@ -36,6 +36,10 @@ class TrainBatches:
                 refuse_beyond_memory(self.dataset.index, mode)
             self.sampler = PUBatchSampler(self.dataset.labels, source=str(dirs), **common)
             self.steps, self.patch_size = len(self.sampler), self.dataset.index.patch_size
+        source = self.stream if hasattr(self, "stream") else self.sampler
+        if data_cfg["known_negative_share"] is not None and not source.n_known and rank == 0:
+            print(f"data.known_negative_share {data_cfg['known_negative_share']}: the train split of {dirs} holds no "
+                  f"known negatives (label -1), so batches draw from its unlabeled windows alone")
 
     def epoch(self, epoch, skip=0):
         """The batches of `epoch`, the first `skip` left out (a resumed epoch)."""

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from common.errors import InputError
 from common.files import file_crc32, human_bytes, memory_available_bytes
-from datasets.chunks.format import CHUNK_DTYPES, LABEL_POSITIVE, METADATA, chunk_dir_list, metadata_field, read_metadata
+from datasets.chunks.format import (CHUNK_DTYPES, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED, METADATA,
+                                    chunk_dir_list, metadata_field, read_metadata)
 
 MODES = ("memory", "mmap", "on_demand")
 BATCH_KEYS = ("patches", "label", "sample_type", "true_label")
@@ -259,31 +260,53 @@ def default_steps(n_unlabeled, n_unl_per_batch, world_size):
     return max(1, -(-n_unlabeled // (n_unl_per_batch * world_size)))
 
 
+def known_negatives_per_batch(n_others, share, source="data.known_negative_share"):
+    """Known negatives (label -1) among a batch's n_others non-positive slots: round(n_others * share),
+    or None (share null) when they are drawn with the unlabeled windows in their natural proportion."""
+    if share is None:
+        return None
+    n_known = int(round(n_others * share))
+    if not 0 < share < 1 or not 0 < n_known < n_others:
+        raise InputError(f"{source} {share} gives {n_known} of a batch's {n_others} non-positive slots to known "
+                         f"negatives; use a share in (0, 1) that leaves room for both, or null")
+    return n_known
+
+
 class PUBatchSampler(Sampler):
     """Batches of global indices with exactly n_pos labeled positives then batch_size - n_pos others.
 
-    "Others" are every non-positive sample: unlabeled (label 0) and known negatives (-1) are drawn
-    from one shuffled pool, so known negatives come in their natural proportion (in expectation).
+    "Others" are every non-positive sample: unlabeled (label 0) and known negatives (-1). By default
+    (`known_negative_share=None`) they are drawn from one shuffled pool, so known negatives come in their
+    natural proportion (in expectation). With a share, each batch's others are round(share x n_others)
+    known negatives drawn from their own pool, after the unlabeled ones, whatever their number on disk
+    (a split without known negatives falls back to the one pool: `n_known` is then 0).
     Per epoch (seeded by seed and `set_epoch`, as DistributedSampler) each rank takes a disjoint share
-    of the shuffled positives (when there are at least world_size) and of the others; it draws its
-    batches from its shares in reshuffled passes, so positives are recycled as needed and every batch
-    is full. An epoch is `steps_per_epoch` batches; default one pass over the others,
-    ceil(n_others / (n_others_per_batch * world_size)), the last batch topped up from a new pass.
+    of every shuffled pool (when it holds at least world_size); it draws its batches from its shares in
+    reshuffled passes, so positives and known negatives are recycled as needed and every batch is full.
+    An epoch is `steps_per_epoch` batches; default one pass over the unlabeled pool,
+    ceil(n_pool / (n_pool_per_batch * world_size)), the last batch topped up from a new pass.
     """
 
     def __init__(self, labels, batch_size=64, batch_ratio=(1, 4), steps_per_epoch=None,
-                 seed=0, rank=0, world_size=1, source="labels"):
+                 seed=0, rank=0, world_size=1, source="labels", known_negative_share=None):
         labels = torch.as_tensor(labels)
         self.positives = (labels == LABEL_POSITIVE).nonzero().squeeze(1)
-        self.others = (labels != LABEL_POSITIVE).nonzero().squeeze(1)
+        others = (labels != LABEL_POSITIVE).nonzero().squeeze(1)
         if not len(self.positives):
             raise InputError(f"{source}: split has no labeled positives; check the annotations / hide ratio")
-        if not len(self.others):
+        if not len(others):
             raise InputError(f"{source}: split has no unlabeled samples; PU training needs them (check the "
                              f"negative ratio / hide ratio of preprocessing)")
         self.n_pos = positives_per_batch(batch_size, batch_ratio)
         self.n_unl = batch_size - self.n_pos
-        self.steps = steps_per_epoch or default_steps(len(self.others), self.n_unl, world_size)
+        n_known = known_negatives_per_batch(self.n_unl, known_negative_share)
+        known = (labels == LABEL_NEGATIVE).nonzero().squeeze(1)
+        unlabeled = (labels == LABEL_UNLABELED).nonzero().squeeze(1)
+        if n_known and len(known) and len(unlabeled):
+            self.pools, self.per_batch, self.n_known = (unlabeled, known), (self.n_unl - n_known, n_known), n_known
+        else:
+            self.pools, self.per_batch, self.n_known = (others,), (self.n_unl,), 0
+        self.steps = steps_per_epoch or default_steps(len(self.pools[0]), self.per_batch[0], world_size)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
     def set_epoch(self, epoch):
@@ -295,8 +318,8 @@ class PUBatchSampler(Sampler):
     def __iter__(self):
         shared = seeded_generator(self.seed, self.epoch)
         positives = _rank_share(self.positives, shared, self.rank, self.world_size)
-        others = _rank_share(self.others, shared, self.rank, self.world_size)
+        pools = [_rank_share(pool, shared, self.rank, self.world_size) for pool in self.pools]
         own = seeded_generator(self.seed, self.epoch, self.rank, 1)
-        pos = draw_cycled(positives, self.steps * self.n_pos, own).view(self.steps, self.n_pos)
-        unl = draw_cycled(others, self.steps * self.n_unl, own).view(self.steps, self.n_unl)
-        yield from torch.cat([pos, unl], dim=1)
+        parts = [draw_cycled(pool, self.steps * n, own).view(self.steps, n)
+                 for pool, n in zip([positives, *pools], [self.n_pos, *self.per_batch])]
+        yield from torch.cat(parts, dim=1)

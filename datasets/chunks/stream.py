@@ -12,8 +12,9 @@ import torch
 
 from common.errors import InputError
 from datasets.chunks.format import CHUNK_DTYPES, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
-from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows, load_chunk,
-                                    positives_per_batch, seeded_generator, use_pinned_memory)
+from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows,
+                                    known_negatives_per_batch, load_chunk, positives_per_batch, seeded_generator,
+                                    use_pinned_memory)
 
 
 class ChunkStream:
@@ -134,36 +135,49 @@ class PUStream:
     world_size) are gathered into RAM once, reading only their rows through the memory map of one chunk
     at a time (the pages mapped never exceed a chunk's): N_pos * S^2 bytes (100k positives of 128 px:
     1.6 GB). They are recycled in reshuffled passes. All other samples (unlabeled and known negatives)
-    stream through an endless `ChunkStream`. Each batch holds
-    n_pos positives followed by batch_size - n_pos streamed samples; an epoch is `steps_per_epoch`
-    batches, by default one pass over the others (as PUBatchSampler), the stream running on into its
-    next pass for the last batch.
+    stream through an endless `ChunkStream`, unless `known_negative_share` (as PUBatchSampler) gives
+    the known negatives a fixed number of slots: they are then gathered into RAM as the positives and
+    only the unlabeled windows stream. Each batch holds n_pos positives, the streamed samples, then
+    the known negatives; an epoch is `steps_per_epoch` batches, by default one pass over the streamed
+    samples (as PUBatchSampler), the stream running on into its next pass for the last batch.
     """
 
     def __init__(self, index, batch_size=64, batch_ratio=(1, 4), steps_per_epoch=None,
-                 buffer_size=16384, seed=0, rank=0, world_size=1, pin_memory=False):
+                 buffer_size=16384, seed=0, rank=0, world_size=1, pin_memory=False, known_negative_share=None):
         self.n_pos = positives_per_batch(batch_size, batch_ratio)
-        self.n_unl = batch_size - self.n_pos
         mapped = [load_chunk(p, n, index.patch_size, mmap=True) for p, n in zip(index.paths, index.counts)]
         labels = torch.cat([c["label"] for c in mapped])
+        del mapped  # rows are gathered one mapped chunk at a time: each unmapped before the next
         positives = (labels == LABEL_POSITIVE).nonzero().squeeze(1)
-        n_others = len(labels) - len(positives)
+        known = (labels == LABEL_NEGATIVE).nonzero().squeeze(1)
+        n_unlabeled = int((labels == LABEL_UNLABELED).sum())
         if not len(positives):
             raise InputError(f"{index.source}: split has no labeled positives; check the annotations / hide ratio")
-        if not n_others:
+        if not n_unlabeled + len(known):
             raise InputError(f"{index.source}: split has no unlabeled samples; PU training needs them (check the "
                              f"negative ratio / hide ratio of preprocessing)")
-        if len(positives) >= world_size:
-            positives = positives[rank::world_size]
-        del mapped  # positives are gathered one mapped chunk at a time: each unmapped before the next
+        n_known = known_negatives_per_batch(batch_size - self.n_pos, known_negative_share)
+        self.n_known = n_known if n_known and len(known) and n_unlabeled else 0
+        self.n_unl = batch_size - self.n_pos - self.n_known
         one_chunk = functools.lru_cache(maxsize=1)(lambda k: load_chunk(index.paths[k], index.counts[k],
                                                                         index.patch_size, mmap=True))
-        self.pool = gather_rows(one_chunk, index.starts, positives, BATCH_KEYS)
-        self.pool["index"] = positives
-        self.steps = steps_per_epoch or default_steps(n_others, self.n_unl, world_size)
+        self.pool = self._gather(one_chunk, index, positives, rank, world_size)
+        self.known = self._gather(one_chunk, index, known, rank, world_size) if self.n_known else None
+        streamed = (LABEL_UNLABELED,) if self.n_known else (LABEL_UNLABELED, LABEL_NEGATIVE)
+        n_streamed = n_unlabeled if self.n_known else n_unlabeled + len(known)
+        self.steps = steps_per_epoch or default_steps(n_streamed, self.n_unl, world_size)
         self.others = ChunkStream(index, self.n_unl, buffer_size, seed=seed, rank=rank, world_size=world_size,
-                                  labels=(LABEL_UNLABELED, LABEL_NEGATIVE), repeat=True)
+                                  labels=streamed, repeat=True)
         self.seed, self.rank, self.pin_memory, self.epoch = seed, rank, use_pinned_memory(pin_memory), 0
+
+    @staticmethod
+    def _gather(one_chunk, index, rows, rank, world_size):
+        """Rows (global indices) of this rank's share, in RAM, with their indices under "index"."""
+        if len(rows) >= world_size:
+            rows = rows[rank::world_size]
+        pool = gather_rows(one_chunk, index.starts, rows, BATCH_KEYS)
+        pool["index"] = rows
+        return pool
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -172,14 +186,22 @@ class PUStream:
     def __len__(self):
         return self.steps
 
+    def _draws(self, pool, n, stream):
+        rows = torch.arange(len(pool["index"]))
+        return draw_cycled(rows, self.steps * n, seeded_generator(self.seed, self.epoch, self.rank, stream)).view(
+            self.steps, n)
+
     def __iter__(self):
-        draws = draw_cycled(torch.arange(len(self.pool["index"])), self.steps * self.n_pos,
-                             seeded_generator(self.seed, self.epoch, self.rank, 3)).view(self.steps, self.n_pos)
+        draws = self._draws(self.pool, self.n_pos, 3)
+        known_draws = self._draws(self.known, self.n_known, 4) if self.n_known else [None] * self.steps
         with closing(iter(self.others)) as others:
-            for rows in draws:
+            for rows, known_rows in zip(draws, known_draws):
                 streamed = next(others)
-                batch = empty_rows(self.pool, self.n_pos + self.n_unl, tuple(self.pool), self.pin_memory)
+                batch = empty_rows(self.pool, self.n_pos + self.n_unl + self.n_known, tuple(self.pool),
+                                   self.pin_memory)
                 for key, out in batch.items():
                     out[:self.n_pos] = self.pool[key][rows]
-                    out[self.n_pos:] = streamed[key]
+                    out[self.n_pos:self.n_pos + self.n_unl] = streamed[key]
+                    if self.n_known:
+                        out[self.n_pos + self.n_unl:] = self.known[key][known_rows]
                 yield batch

@@ -128,8 +128,8 @@ def coco_pu_samples(image, particles_xy, truth_xy, known_negative_xy, rng, *, si
     `labels="partial"` (a user's own labels, never complete): nothing is hidden (`hide_ratio` is 0),
     `truth_xy` is None, and train samples whose truth nobody knows (far negatives, random windows off
     the labeled particles) are `unlabeled` with true_label -1; pi then comes from the expected particle
-    count (datasets/prior.py), and the stats hold what that needs. With `window_particles` (partial
-    labels: the expected count per micrograph), the far negatives and random windows of a train
+    count (datasets/prior.py), and the stats hold what that needs. With `window_particles` (the
+    expected count per micrograph), the far negatives and random windows of a train
     micrograph are counted per particle it is expected to hold, labeled or not, rather than per labeled
     particle: the unlabeled set then covers a micrograph alike whatever fraction of its particles a
     user clicked.

@@ -136,6 +136,34 @@ def test_sampler_rejects_bad_input():
         PUBatchSampler(torch.tensor(labels_of(5, 50)), batch_size=4, batch_ratio=(1, 4))
 
 
+def test_sampler_known_negative_share_fixes_their_slots():
+    """known_negative_share: round(share x others) known negatives in every batch, each of them cycled."""
+    labels = torch.tensor(labels_of(7, 90, 10))
+    sampler = PUBatchSampler(labels, batch_size=10, batch_ratio=(1, 4), known_negative_share=0.25, seed=2)
+    batches = torch.stack(list(sampler))
+    assert len(batches) == len(sampler) == math.ceil(90 / 6)  # one pass over the unlabeled windows
+    assert (labels[batches[:, :2]] == 1).all() and (labels[batches[:, 2:8]] == 0).all()
+    assert (labels[batches[:, 8:]] == -1).all()
+    assert set(batches[:, 2:8].flatten().tolist()) == set(range(7, 97))
+    uses = torch.bincount(batches[:, 8:].flatten() - 97, minlength=10)
+    assert int(uses.min()) == 3 and int(uses.max()) == 3  # 15 batches x 2 slots over 10 known negatives
+    natural = torch.stack(list(PUBatchSampler(labels, batch_size=10, seed=2)))
+    assert int((labels[natural] == -1).sum()) < int((labels[batches] == -1).sum())
+
+
+def test_sampler_known_negative_share_by_rank_and_without_known_negatives():
+    labels = torch.tensor(labels_of(9, 101, 6))
+    ranks = [PUBatchSampler(labels, batch_size=10, seed=1, rank=r, world_size=2, known_negative_share=0.5)
+             for r in range(2)]
+    known = [set(torch.stack(list(s))[:, 6:].flatten().tolist()) for s in ranks]
+    assert not known[0] & known[1] and known[0] | known[1] == set(range(110, 116))
+    without = PUBatchSampler(torch.tensor(labels_of(9, 101)), batch_size=10, seed=1, known_negative_share=0.5)
+    assert without.n_known == 0 and len(without) == math.ceil(101 / 8)
+    for share in (0, 1, 0.01):
+        with pytest.raises(InputError, match="data.known_negative_share .* use a share in \\(0, 1\\)"):
+            PUBatchSampler(labels, batch_size=10, known_negative_share=share)
+
+
 # ---------- dataset ----------
 
 def test_modes_give_identical_batches(three_chunks):
@@ -326,6 +354,21 @@ def test_pu_stream_exact_ratio(three_chunks):
         assert torch.equal(sample_ids(batch["patches"]), batch["index"])
     streamed = torch.cat([b["index"][1:] for b in batches])
     assert set(streamed.tolist()) == set((labels != 1).nonzero().squeeze(1).tolist())
+
+
+def test_pu_stream_known_negative_share(three_chunks):
+    """The known negatives (3) sit in RAM and fill the last slot of each batch; only unlabeled windows stream."""
+    index = open_chunk_dirs(three_chunks, "train")
+    stream = PUStream(index, batch_size=5, buffer_size=6, seed=4, known_negative_share=0.25)
+    labels = CryoEMChunkedDataset(three_chunks, "train", "mmap").labels
+    batches = list(stream)
+    assert stream.n_known == 1 and len(batches) == math.ceil(24 / 3)
+    for batch in batches:
+        assert batch["label"].tolist()[:1] == [1] and batch["label"].tolist()[-1] == -1
+        assert batch["label"][1:4].tolist() == [0, 0, 0]
+        assert torch.equal(sample_ids(batch["patches"]), batch["index"])
+    assert set(torch.cat([b["index"][1:4] for b in batches]).tolist()) == set((labels == 0).nonzero().squeeze(1).tolist())
+    assert set(torch.cat([b["index"][4:] for b in batches]).tolist()) == {12, 13, 32}
 
 
 def test_pu_stream_without_positives_is_an_error(tmp_path):

@@ -63,12 +63,13 @@ def test_partial_mode_reads_no_truth_and_hides_nothing(data, tmp_path, capsys):
 
 def test_expected_particles_prior_is_within_a_quarter_of_the_counted_one(data, tmp_path):
     """The truth-counted pi of the very same unlabeled set comes from --labels complete --hide-ratio 0 with
-    ground_truth/ read: same seed, same draws, same windows, but each judged by the truth. A window is a
+    ground_truth/ read and the same count (it sets how many windows are drawn): same seed, same draws, same
+    windows, but each judged by the truth. A window is a
     particle only when centred on one, which few are: 50 random windows per particle make the counted pi
     (about 100 centred windows) steady enough for a 25% tolerance."""
-    windows = ("--random-per-pos", "50")
+    windows = ("--random-per-pos", "50", "--expected-particles", str(mean_particles(data)))
     counted = preprocess(data, tmp_path / "truth", "--labels", "complete", *windows)["priors"]["prior_unlabeled"]
-    estimate = preprocess(data, tmp_path / "user", "--expected-particles", str(mean_particles(data)), *windows)
+    estimate = preprocess(data, tmp_path / "user", *windows)
     assert chunk_bytes(tmp_path / "truth").keys() == chunk_bytes(tmp_path / "user").keys()
     assert estimate["priors"]["prior_unlabeled"] == pytest.approx(counted, rel=0.25)
 
@@ -87,10 +88,11 @@ def test_expected_particles_bad_values(data, tmp_path, capsys):
 
 
 def test_a_new_count_recomputes_pi_without_redoing_the_chunks(data, tmp_path):
-    out = tmp_path / "chunks"
-    first = preprocess(data, out, "--expected-particles", str(mean_particles(data) / 2))
+    """With the windows drawn per labeled particle the count only sets pi, so a new one reuses the chunks."""
+    out, per_labeled = tmp_path / "chunks", ["--set", "preprocessing.unlabeled_windows_per=labeled"]
+    first = preprocess(data, out, "--expected-particles", str(mean_particles(data) / 2), *per_labeled)
     before = chunk_bytes(out)
-    again = preprocess(data, out, "--expected-particles", str(mean_particles(data)))
+    again = preprocess(data, out, "--expected-particles", str(mean_particles(data)), *per_labeled)
     assert again["already_complete"] and first["priors"]["prior_unlabeled"] < again["priors"]["prior_unlabeled"] < 1
     assert chunk_bytes(out) == before
     assert json.loads((out / "metadata.json").read_text())["priors"] == again["priors"]
@@ -124,12 +126,14 @@ def test_unlabeled_windows_per_must_be_known(data, tmp_path, capsys):
 
 
 def test_a_new_count_is_refused_where_it_drew_the_unlabeled_windows(data, tmp_path, capsys):
-    out, per_expected = tmp_path / "chunks", ["--set", "preprocessing.unlabeled_windows_per=expected"]
-    first = preprocess(data, out, "--expected-particles", "40", *per_expected)
-    labeled_basis = preprocess(data, tmp_path / "labeled", "--expected-particles", "40")
+    """The default draws the unlabeled windows per expected particle: another count would draw others."""
+    out = tmp_path / "chunks"
+    first = preprocess(data, out, "--expected-particles", "40")
+    labeled_basis = preprocess(data, tmp_path / "labeled", "--expected-particles", "40", "--set",
+                               "preprocessing.unlabeled_windows_per=labeled")
     assert first["splits"]["train"]["unlabeled"] > labeled_basis["splits"]["train"]["unlabeled"]
     with pytest.raises(SystemExit):
-        preprocess(data, out, "--expected-particles", "60", *per_expected)
+        preprocess(data, out, "--expected-particles", "60")
     assert "different config (window_particles)" in capsys.readouterr().err
 
 
