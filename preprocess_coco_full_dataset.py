@@ -199,12 +199,14 @@ def run(config, args, shard):
     return summary
 
 
-def print_prior_summary(summary):
+def print_prior_summary(summary, window_particles):
     train = summary["splits"].get("train", {})
     print(f"\nTrain micrographs: {summary['micrographs_per_split']['train']}")
     print(f"  Positive patches (labeled): {train.get('labeled_positive', 0):,}")
     unlabeled = sum(train.get(kind, 0) for kind in ("hidden_positive", "background", "unlabeled"))
-    print(f"  Unlabeled patches: {unlabeled:,}")
+    basis = (f"per expected particle, {window_particles:g} per micrograph" if window_particles
+             else "per labeled particle")
+    print(f"  Unlabeled patches: {unlabeled:,} (far and random windows drawn {basis})")
     prior = summary["priors"]["prior_unlabeled"]
     print("  prior_unlabeled (pi for nnPU): " + (f"{prior:.4f} ({summary['priors']['method']})" if prior is not None
                                                   else f"{summary['priors']['method']}: pass --expected-particles, "
@@ -221,7 +223,7 @@ def main(argv=None):
         config = resolve(args)
         summary = run(config, args, parse_shard(args.shard))
     print_summary(summary)
-    print_prior_summary(summary)
+    print_prior_summary(summary, window_basis_count(config["preprocessing"]))
     return summary
 
 

@@ -129,8 +129,10 @@ def test_a_new_count_is_refused_where_it_drew_the_unlabeled_windows(data, tmp_pa
     """The default draws the unlabeled windows per expected particle: another count would draw others."""
     out = tmp_path / "chunks"
     first = preprocess(data, out, "--expected-particles", "40")
+    assert "(far and random windows drawn per expected particle, 40 per micrograph)" in capsys.readouterr().out
     labeled_basis = preprocess(data, tmp_path / "labeled", "--expected-particles", "40", "--set",
                                "preprocessing.unlabeled_windows_per=labeled")
+    assert "(far and random windows drawn per labeled particle)" in capsys.readouterr().out
     assert first["splits"]["train"]["unlabeled"] > labeled_basis["splits"]["train"]["unlabeled"]
     with pytest.raises(SystemExit):
         preprocess(data, out, "--expected-particles", "60")
