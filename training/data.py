@@ -38,8 +38,8 @@ class TrainBatches:
             self.steps, self.patch_size = len(self.sampler), self.dataset.index.patch_size
         source = self.stream if hasattr(self, "stream") else self.sampler
         if data_cfg["known_negative_share"] is not None and not source.n_known and rank == 0:
-            print(f"data.known_negative_share {data_cfg['known_negative_share']}: the train split of {dirs} holds no "
-                  f"known negatives (label -1), so batches draw from its unlabeled windows alone")
+            print(f"data.known_negative_share {data_cfg['known_negative_share']}: the train split of {dirs} lacks known "
+                  f"negatives (label -1) or unlabeled windows, so its non-positive windows are drawn as one pool")
 
     def epoch(self, epoch, skip=0):
         """The batches of `epoch`, the first `skip` left out (a resumed epoch)."""

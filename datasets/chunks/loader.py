@@ -260,16 +260,22 @@ def default_steps(n_unlabeled, n_unl_per_batch, world_size):
     return max(1, -(-n_unlabeled // (n_unl_per_batch * world_size)))
 
 
-def known_negatives_per_batch(n_others, share, source="data.known_negative_share"):
-    """Known negatives (label -1) among a batch's n_others non-positive slots: round(n_others * share),
-    or None (share null) when they are drawn with the unlabeled windows in their natural proportion."""
+def known_negative_slots(n_others, share, n_unlabeled, n_known):
+    """Known negatives (label -1) among a batch's n_others non-positive slots: floor(n_others * share + 0.5)
+    when a share is set and the split holds both kinds, else 0 (drawn with the unlabeled windows in one
+    pool, in their natural proportion)."""
     if share is None:
-        return None
-    n_known = int(round(n_others * share))
-    if not 0 < share < 1 or not 0 < n_known < n_others:
-        raise InputError(f"{source} {share} gives {n_known} of a batch's {n_others} non-positive slots to known "
-                         f"negatives; use a share in (0, 1) that leaves room for both, or null")
-    return n_known
+        return 0
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise InputError(f"data.known_negative_share {share!r} must be a number in (0, 1), or null for the "
+                         f"known negatives' natural share")
+    slots = math.floor(n_others * share + 0.5)
+    if not (n_unlabeled and n_known):
+        return 0
+    if not 0 < slots < n_others:
+        raise InputError(f"data.known_negative_share {share} gives {slots} of a batch's {n_others} non-positive "
+                         f"slots to known negatives; use a share that leaves room for both, a larger batch, or null")
+    return slots
 
 
 class PUBatchSampler(Sampler):
@@ -279,7 +285,8 @@ class PUBatchSampler(Sampler):
     (`known_negative_share=None`) they are drawn from one shuffled pool, so known negatives come in their
     natural proportion (in expectation). With a share, each batch's others are round(share x n_others)
     known negatives drawn from their own pool, after the unlabeled ones, whatever their number on disk
-    (a split without known negatives falls back to the one pool: `n_known` is then 0).
+    (a split without known negatives, or without unlabeled windows, keeps the one pool: `n_known` is
+    then 0).
     Per epoch (seeded by seed and `set_epoch`, as DistributedSampler) each rank takes a disjoint share
     of every shuffled pool (when it holds at least world_size); it draws its batches from its shares in
     reshuffled passes, so positives and known negatives are recycled as needed and every batch is full.
@@ -299,13 +306,13 @@ class PUBatchSampler(Sampler):
                              f"negative ratio / hide ratio of preprocessing)")
         self.n_pos = positives_per_batch(batch_size, batch_ratio)
         self.n_unl = batch_size - self.n_pos
-        n_known = known_negatives_per_batch(self.n_unl, known_negative_share)
         known = (labels == LABEL_NEGATIVE).nonzero().squeeze(1)
         unlabeled = (labels == LABEL_UNLABELED).nonzero().squeeze(1)
-        if n_known and len(known) and len(unlabeled):
-            self.pools, self.per_batch, self.n_known = (unlabeled, known), (self.n_unl - n_known, n_known), n_known
+        self.n_known = known_negative_slots(self.n_unl, known_negative_share, len(unlabeled), len(known))
+        if self.n_known:
+            self.pools, self.per_batch = (unlabeled, known), (self.n_unl - self.n_known, self.n_known)
         else:
-            self.pools, self.per_batch, self.n_known = (others,), (self.n_unl,), 0
+            self.pools, self.per_batch = (others,), (self.n_unl,)
         self.steps = steps_per_epoch or default_steps(len(self.pools[0]), self.per_batch[0], world_size)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 

@@ -1,7 +1,8 @@
 """Streaming reads for HDDs: whole chunks read sequentially, mixed through a shuffle buffer.
 
 `ChunkStream` serves batches of one split's rows chunk by chunk; `PUStream` builds exact-ratio PU
-batches from the labeled positives held in RAM and every other sample streamed.
+batches from the labeled positives (and, at a fixed share, the known negatives) held in RAM and every
+other sample streamed.
 """
 import functools
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import torch
 from common.errors import InputError
 from datasets.chunks.format import CHUNK_DTYPES, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
 from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows,
-                                    known_negatives_per_batch, load_chunk, positives_per_batch, seeded_generator,
+                                    known_negative_slots, load_chunk, positives_per_batch, seeded_generator,
                                     use_pinned_memory)
 
 
@@ -156,8 +157,7 @@ class PUStream:
         if not n_unlabeled + len(known):
             raise InputError(f"{index.source}: split has no unlabeled samples; PU training needs them (check the "
                              f"negative ratio / hide ratio of preprocessing)")
-        n_known = known_negatives_per_batch(batch_size - self.n_pos, known_negative_share)
-        self.n_known = n_known if n_known and len(known) and n_unlabeled else 0
+        self.n_known = known_negative_slots(batch_size - self.n_pos, known_negative_share, n_unlabeled, len(known))
         self.n_unl = batch_size - self.n_pos - self.n_known
         one_chunk = functools.lru_cache(maxsize=1)(lambda k: load_chunk(index.paths[k], index.counts[k],
                                                                         index.patch_size, mmap=True))

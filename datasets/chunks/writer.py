@@ -37,7 +37,19 @@ def _without_crc32():
         torch.serialization.set_crc32_options(previous)
 
 
-PRIOR_ONLY_KEYS = ("expected_particles",)  # settings that change pi but no patch: a resume takes them as given
+# Settings that change no patch by themselves, so a resume takes them as given: the count behind pi, and the
+# basis of the unlabeled windows (what it draws is `window_particles`, compared as any other key).
+NO_PATCH_KEYS = ("expected_particles", "unlabeled_windows_per")
+
+
+def resume_hint(differing, old_config):
+    """The fix for a refused resume: --no-resume, or for a new count over windows drawn per labeled
+    particle, keeping them with the labeled basis (pi is then recomputed over them)."""
+    if differing == ["window_particles"] and old_config.get("window_particles") is None:
+        return ("the unlabeled windows there were drawn per labeled particle, a count draws them per expected "
+                "particle: use --no-resume to redraw them, or keep them and recompute pi only with "
+                "--set preprocessing.unlabeled_windows_per=labeled")
+    return "use --no-resume to overwrite it or another --output-dir"
 
 
 def own_files(metadata):
@@ -56,7 +68,7 @@ def prepare_output_dir(output_dir, tool, config, facts, resume):
 
     Refuses: a dir holding another tool's chunks or files this tool did not write (`own_files`);
     resuming with a config or preprocessing facts that differ (names the keys; a setting that only
-    changes pi, `PRIOR_ONLY_KEYS`, is taken as given and pi recomputed). `resume=False`
+    changes no patch, `NO_PATCH_KEYS`, is taken as given and pi recomputed). `resume=False`
     deletes only this tool's own files. Leftover temporary files of a killed run are removed.
     """
     output_dir = Path(output_dir)
@@ -77,10 +89,10 @@ def prepare_output_dir(output_dir, tool, config, facts, resume):
         return None
     if metadata is not None:
         differing = [key for key in diff_keys({**metadata["config"], **metadata.get("facts", {})},
-                                              {**config, **facts.to_dict()}) if key not in PRIOR_ONLY_KEYS]
+                                              {**config, **facts.to_dict()}) if key not in NO_PATCH_KEYS]
         if differing:
             raise InputError(f"{output_dir} was written with a different config ({', '.join(differing)}); "
-                             f"use --no-resume to overwrite it or another --output-dir")
+                             f"{resume_hint(differing, metadata['config'])}")
     return metadata
 
 

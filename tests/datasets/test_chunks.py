@@ -159,9 +159,13 @@ def test_sampler_known_negative_share_by_rank_and_without_known_negatives():
     assert not known[0] & known[1] and known[0] | known[1] == set(range(110, 116))
     without = PUBatchSampler(torch.tensor(labels_of(9, 101)), batch_size=10, seed=1, known_negative_share=0.5)
     assert without.n_known == 0 and len(without) == math.ceil(101 / 8)
-    for share in (0, 1, 0.01):
-        with pytest.raises(InputError, match="data.known_negative_share .* use a share in \\(0, 1\\)"):
+    for share in (0, 1, "a quarter"):
+        with pytest.raises(InputError, match=r"data.known_negative_share .* must be a number in \(0, 1\), or null"):
             PUBatchSampler(labels, batch_size=10, known_negative_share=share)
+    with pytest.raises(InputError, match="gives 0 of a batch's 8 non-positive slots .* a larger batch, or null"):
+        PUBatchSampler(labels, batch_size=10, known_negative_share=0.01)
+    tiny = PUBatchSampler(torch.tensor(labels_of(2, 10)), batch_size=2, batch_ratio=(1, 1), known_negative_share=0.25)
+    assert tiny.n_known == 0  # no known negatives: the share has nothing to place, whatever the batch
 
 
 # ---------- dataset ----------

@@ -87,17 +87,6 @@ def test_expected_particles_bad_values(data, tmp_path, capsys):
     assert 0 <= summary["priors"]["prior_unlabeled"] < 0.2
 
 
-def test_a_new_count_recomputes_pi_without_redoing_the_chunks(data, tmp_path):
-    """With the windows drawn per labeled particle the count only sets pi, so a new one reuses the chunks."""
-    out, per_labeled = tmp_path / "chunks", ["--set", "preprocessing.unlabeled_windows_per=labeled"]
-    first = preprocess(data, out, "--expected-particles", str(mean_particles(data) / 2), *per_labeled)
-    before = chunk_bytes(out)
-    again = preprocess(data, out, "--expected-particles", str(mean_particles(data)), *per_labeled)
-    assert again["already_complete"] and first["priors"]["prior_unlabeled"] < again["priors"]["prior_unlabeled"] < 1
-    assert chunk_bytes(out) == before
-    assert json.loads((out / "metadata.json").read_text())["priors"] == again["priors"]
-
-
 def test_unlabeled_windows_follow_the_expected_count_not_the_clicks():
     """With unlabeled_windows_per: expected, a micrograph's far negatives and random windows are counted per
     particle it holds (the expected count), so clicking fewer of them does not shrink its unlabeled set."""
@@ -137,6 +126,25 @@ def test_a_new_count_is_refused_where_it_drew_the_unlabeled_windows(data, tmp_pa
     with pytest.raises(SystemExit):
         preprocess(data, out, "--expected-particles", "60")
     assert "different config (window_particles)" in capsys.readouterr().err
+
+
+def test_a_count_over_windows_per_labeled_particle_keeps_or_redraws_them_as_asked(data, tmp_path, capsys):
+    """Chunks whose windows were drawn per labeled particle (as every run without a count draws them): a
+    count with the default basis is refused with both fixes named; the labeled basis keeps the chunks and
+    recomputes pi."""
+    out, per_labeled = tmp_path / "chunks", ["--set", "preprocessing.unlabeled_windows_per=labeled"]
+    first = preprocess(data, out, "--expected-particles", str(mean_particles(data) / 2), *per_labeled)
+    before = chunk_bytes(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        preprocess(data, out, "--expected-particles", str(mean_particles(data)))
+    error = capsys.readouterr().err
+    assert "different config (window_particles)" in error and "use --no-resume to redraw them" in error
+    assert "--set preprocessing.unlabeled_windows_per=labeled" in error
+    kept = preprocess(data, out, "--expected-particles", str(mean_particles(data)), *per_labeled)
+    assert kept["already_complete"] and chunk_bytes(out) == before
+    assert first["priors"]["prior_unlabeled"] < kept["priors"]["prior_unlabeled"] < 1
+    assert json.loads((out / "metadata.json").read_text())["priors"] == kept["priors"]
 
 
 def test_isolated_particles_are_those_a_diameter_from_every_other():
