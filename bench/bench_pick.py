@@ -180,7 +180,7 @@ def get_args_parser():
                         help="the split picked and scored: val to choose settings, test to report them")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of our training config")
     parser.add_argument("--preprocess-set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides of the PU split, e.g. preprocessing.unlabeled_windows_per=expected")
+                        help="overrides of the PU split, e.g. preprocessing.random_per_pos=1")
     return parser
 
 
