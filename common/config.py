@@ -51,6 +51,7 @@ def merge_checked(base, update, source, prefix="", defaults=None):
 
 
 KIND_NAMES = {bool: "true/false", int: "whole number", float: "finite number", str: "string", list: "list"}
+NULLABLE_KEYS = {"data.known_negative_share"}  # keys with a value by default that also take null (their other mode)
 
 
 def _kind(value):
@@ -71,9 +72,10 @@ def _fits(kind, value):
 
 def checked_value(dotted, default, value, source):
     """`value` for key `dotted` if it has the type of the key's `default` (null defaults take anything,
-    a string is a one-item list where the default is a list of strings); else a one-line InputError."""
+    NULLABLE_KEYS also null, a string is a one-item list where the default is a list of strings); else a
+    one-line InputError."""
     kind = _kind(default)
-    if kind is None or value is None and default is None:
+    if kind is None or value is None and (default is None or dotted in NULLABLE_KEYS):
         return value
     if kind is list and isinstance(value, str) and all(isinstance(item, str) for item in default):
         value = [value]

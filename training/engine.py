@@ -42,6 +42,8 @@ from training.visuals import (Visuals, build_visuals, check_visual_settings, log
 
 RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.members", "training.early_stopping_patience",
                      "training.unlabeled_grid_size", "training.unlabeled_grid_pool", "training.picks_preview_every"}
+# keys added to the config since runs were trained without them -> the value that trains as those runs did
+ADDED_KEYS = {"data.known_negative_share": "null"}
 POSTFIX_EVERY = 10  # steps between updates of the progress bar's loss and mask rate (each one a host sync)
 
 
@@ -418,6 +420,17 @@ def save_state(run, name, epoch, step_in_epoch):
         write_metrics(run)
 
 
+def resume_hint(saved_config, differing):
+    """For a run whose config predates every differing key (ADDED_KEYS): the --set that resumes it as it was."""
+    def absent(dotted):
+        section, _, key = dotted.partition(".")
+        return key not in saved_config.get(section, {})
+    if not all(key in ADDED_KEYS and absent(key) for key in differing):
+        return ""
+    return (f"it predates {', '.join(differing)}: resume it as it was with --set "
+            f"{' '.join(f'{key}={ADDED_KEYS[key]}' for key in differing)}, or ")
+
+
 def restore_state(run, path):
     """Continue a run from last.pt: same step, optimizer, scheduler, EMA, RNG and history."""
     state = load_checkpoint(path, map_location=run.device)
@@ -425,7 +438,7 @@ def restore_state(run, path):
     differing = [k for k in changed if k not in RESUMABLE_CHANGES]
     if differing:
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
-                         f"use another --exp-name or delete {run.run_dir}")
+                         f"{resume_hint(state['config'], differing)}use another --exp-name or delete {run.run_dir}")
     saved_prior = (state.get("prior") or {}).get("value")
     if saved_prior != (run.prior.value if run.prior else None):
         raise InputError(f"{path} was trained with prior {saved_prior}, the run now has {run.prior}; use another "

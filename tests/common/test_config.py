@@ -60,3 +60,16 @@ def test_types_come_from_the_defaults_not_from_an_earlier_layer(defaults, tmp_pa
     user.write_text("data: {input_size: 64}\nloss: {prior: 1}\n")
     config = resolve_config(defaults, user, overrides=["data.input_size=null", "loss.prior=0.25"])
     assert config["data"]["input_size"] is None and config["loss"]["prior"] == 0.25
+
+
+def test_a_nullable_key_takes_null_and_its_type_but_nothing_else(tmp_path):
+    """data.known_negative_share has a value by default and null as its other mode; a key that is not
+    listed as nullable (training.epochs) still refuses null."""
+    path = tmp_path / "defaults.yaml"
+    path.write_text("data: {known_negative_share: 0.25}\ntraining: {epochs: 100}\n")
+    assert resolve_config(path, overrides=["data.known_negative_share=null"])["data"]["known_negative_share"] is None
+    assert resolve_config(path, overrides=["data.known_negative_share=0.5"])["data"]["known_negative_share"] == 0.5
+    with pytest.raises(InputError, match="'data.known_negative_share' .* must be a finite number"):
+        resolve_config(path, overrides=["data.known_negative_share=[1]"])
+    with pytest.raises(InputError, match="'training.epochs' .* must be a whole number"):
+        resolve_config(path, overrides=["training.epochs=null"])

@@ -20,7 +20,7 @@ from models.checkpoint import load_checkpoint
 from models.ensemble import MeanLogitEnsemble
 from models.precision import native_bf16
 from picking.score import load_picker
-from training.engine import member_budget_seconds
+from training.engine import member_budget_seconds, resume_hint
 from training.members import member_checkpoints, member_dirs, member_runs
 
 FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.batch_size=32",
@@ -345,3 +345,14 @@ def test_training_amp_runs_bf16_only_where_the_device_has_it(monkeypatch, amp, n
         out = torch.nn.Conv2d(1, 2, 3)(torch.randn(1, 1, 8, 8))
     assert out.dtype == expected
     assert engine.uses_bf16(run) == (expected == torch.bfloat16)
+
+
+def test_a_run_from_before_a_config_key_is_told_how_to_resume_as_it_was():
+    """A last.pt whose config lacks a key added since (data.known_negative_share) names the --set that
+    trains as it did; any other difference gets no such hint."""
+    saved = {"data": {"batch_ratio": [1, 4]}, "model": {"backbone": "resnet_tiny"}}
+    hint = resume_hint(saved, ["data.known_negative_share"])
+    assert hint == ("it predates data.known_negative_share: resume it as it was with --set "
+                    "data.known_negative_share=null, or ")
+    assert resume_hint(saved, ["data.known_negative_share", "model.backbone"]) == ""
+    assert resume_hint({"data": {"known_negative_share": 0.5}}, ["data.known_negative_share"]) == ""
