@@ -72,6 +72,20 @@ def checkpoint_at_pixel_size(world, path, pixel_size):
     return path
 
 
+def run_from_before(world, tmp, key):
+    """A copy of the world's run whose last.pt config lacks `key` (section.key), as a run trained before it."""
+    run = tmp / "runs" / "run"
+    run.mkdir(parents=True)
+    for path in (world.root / "runs" / "run").iterdir():
+        if path.is_file():
+            (run / path.name).write_bytes(path.read_bytes())
+    state = torch.load(run / "last.pt", weights_only=True)
+    section, name = key.split(".")
+    del state["config"][section][name]
+    torch.save(state, run / "last.pt")
+    return TRAIN, world.train_args(tmp / "runs", "run")
+
+
 def empty_folder(tmp, name):
     (tmp / name).mkdir()
     return tmp / name
@@ -170,6 +184,9 @@ CASES = {
         "priors"].update(method="unknown: pass --expected-particles"))), r"no usable prior in metadata"),
     "resume with another architecture": (lambda w, t: (TRAIN, w.train_args(w.root / "runs", "run") + [
         "model.backbone=resnet18"]), r"different config \(model.backbone\)"),
+    "resume of a run from before a config key": (lambda w, t: run_from_before(w, t, "data.known_negative_share"),
+                                                  r"predates data.known_negative_share: resume it as it was with "
+                                                  r"--set data.known_negative_share=null"),
     "a last.pt that would run code": (lambda w, t: malicious(with_file(t / "runs" / "m", "last.pt"), "last.pt") and
                                       train(w, t, exp="m"), r"last.pt holds objects other than tensors .* run code"),
     "checkpoint missing": (lambda w, t: pick(w, t, checkpoint=t / "best.pt"), r"checkpoint .*best.pt not found"),
