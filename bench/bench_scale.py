@@ -39,8 +39,8 @@ from common.errors import InputError, exit_on_input_error
 from common.files import (atomic_write_json, bytes_on_disk, human_bytes, memory_available_bytes,
                           memory_cgroup_folders)
 from datasets.chunks.format import read_metadata
-from datasets.chunks.loader import (MODES, CryoEMChunkedDataset, default_steps, known_negative_slots, load_chunk,
-                                    open_chunk_dirs, positives_per_batch)
+from datasets.chunks.loader import (MODES, CryoEMChunkedDataset, load_chunk, non_positive_slots, open_chunk_dirs,
+                                    positives_per_batch)
 from datasets.chunks.stream import ChunkStream
 from datasets.io.coordinates import write_cryoppp_csv
 from synthetic.simulator import SPECIES_STREAM, SyntheticConfig, generate_micrograph, make_species
@@ -301,8 +301,7 @@ def training_rate(chunk_dir, cgroup_procs, output_root, steps):
     slots = batch - positives_per_batch(batch, data["batch_ratio"])
     n_known = counts.get("known_negative", 0)
     n_unlabeled = sum(counts.values()) - counts["labeled_positive"] - n_known
-    known_slots = known_negative_slots(slots, data["known_negative_share"], n_unlabeled, n_known)
-    epoch_steps = default_steps(n_unlabeled if known_slots else n_unlabeled + n_known, slots - known_slots, 1)
+    epoch_steps = non_positive_slots(slots, data["known_negative_share"], n_unlabeled, n_known)[2]
     per_step = results["timings"]["train_seconds"] / results["steps"]
     return {"steps": results["steps"], "seconds_per_step": per_step, "wall_s": wall,
             "peak_rss_mb": child_figure(done.stdout, "PEAK_RSS_MB"), "epoch_steps": epoch_steps,

@@ -260,22 +260,25 @@ def default_steps(n_unlabeled, n_unl_per_batch, world_size):
     return max(1, -(-n_unlabeled // (n_unl_per_batch * world_size)))
 
 
-def known_negative_slots(n_others, share, n_unlabeled, n_known):
-    """Known negatives (label -1) among a batch's n_others non-positive slots: floor(n_others * share + 0.5)
-    when a share is set and the split holds both kinds, else 0 (drawn with the unlabeled windows in one
-    pool, in their natural proportion)."""
-    if share is None:
-        return 0
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-        raise InputError(f"data.known_negative_share {share!r} must be a number in (0, 1), or null for the "
-                         f"known negatives' natural share")
-    slots = math.floor(n_others * share + 0.5)
-    if not (n_unlabeled and n_known):
-        return 0
-    if not 0 < slots < n_others:
-        raise InputError(f"data.known_negative_share {share} gives {slots} of a batch's {n_others} non-positive "
-                         f"slots to known negatives; use a share that leaves room for both, a larger batch, or null")
-    return slots
+def non_positive_slots(n_others, share, n_unlabeled, n_known, world_size=1):
+    """How a batch's n_others non-positive slots are filled, as (slots drawn from the unlabeled pool, known-
+    negative slots, default epoch length). Known negatives (label -1) get floor(n_others * share + 0.5)
+    slots of their own when a share is set and the split holds both kinds; else 0, and they are drawn
+    with the unlabeled windows in one pool, in their natural proportion. An epoch is one pass over the
+    pool the other slots draw from."""
+    known = 0
+    if share is not None:
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise InputError(f"data.known_negative_share {share!r} must be a number in (0, 1), or null for the "
+                             f"known negatives' natural share")
+        slots = math.floor(n_others * share + 0.5)
+        if n_unlabeled and n_known and not 0 < slots < n_others:
+            raise InputError(f"data.known_negative_share {share} gives {slots} of a batch's {n_others} non-positive "
+                             f"slots to known negatives; use a share that leaves room for both, a larger batch, or "
+                             f"null")
+        known = slots if n_unlabeled and n_known else 0
+    pool = n_unlabeled if known else n_unlabeled + n_known
+    return n_others - known, known, default_steps(pool, n_others - known, world_size)
 
 
 class PUBatchSampler(Sampler):
@@ -308,12 +311,13 @@ class PUBatchSampler(Sampler):
         self.n_unl = batch_size - self.n_pos
         known = (labels == LABEL_NEGATIVE).nonzero().squeeze(1)
         unlabeled = (labels == LABEL_UNLABELED).nonzero().squeeze(1)
-        self.n_known = known_negative_slots(self.n_unl, known_negative_share, len(unlabeled), len(known))
+        drawn, self.n_known, epoch_steps = non_positive_slots(self.n_unl, known_negative_share, len(unlabeled),
+                                                              len(known), world_size)
         if self.n_known:
-            self.pools, self.per_batch = (unlabeled, known), (self.n_unl - self.n_known, self.n_known)
+            self.pools, self.per_batch = (unlabeled, known), (drawn, self.n_known)
         else:
-            self.pools, self.per_batch = (others,), (self.n_unl,)
-        self.steps = steps_per_epoch or default_steps(len(self.pools[0]), self.per_batch[0], world_size)
+            self.pools, self.per_batch = (others,), (drawn,)
+        self.steps = steps_per_epoch or epoch_steps
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
     def set_epoch(self, epoch):

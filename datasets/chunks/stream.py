@@ -13,9 +13,8 @@ import torch
 
 from common.errors import InputError
 from datasets.chunks.format import CHUNK_DTYPES, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNLABELED
-from datasets.chunks.loader import (BATCH_KEYS, default_steps, draw_cycled, empty_rows, gather_rows,
-                                    known_negative_slots, load_chunk, positives_per_batch, seeded_generator,
-                                    use_pinned_memory)
+from datasets.chunks.loader import (BATCH_KEYS, draw_cycled, empty_rows, gather_rows, load_chunk,
+                                    non_positive_slots, positives_per_batch, seeded_generator, use_pinned_memory)
 
 
 class ChunkStream:
@@ -157,15 +156,14 @@ class PUStream:
         if not n_unlabeled + len(known):
             raise InputError(f"{index.source}: split has no unlabeled samples; PU training needs them (check the "
                              f"negative ratio / hide ratio of preprocessing)")
-        self.n_known = known_negative_slots(batch_size - self.n_pos, known_negative_share, n_unlabeled, len(known))
-        self.n_unl = batch_size - self.n_pos - self.n_known
+        self.n_unl, self.n_known, epoch_steps = non_positive_slots(batch_size - self.n_pos, known_negative_share,
+                                                                   n_unlabeled, len(known), world_size)
         one_chunk = functools.lru_cache(maxsize=1)(lambda k: load_chunk(index.paths[k], index.counts[k],
                                                                         index.patch_size, mmap=True))
         self.pool = self._gather(one_chunk, index, positives, rank, world_size)
         self.known = self._gather(one_chunk, index, known, rank, world_size) if self.n_known else None
         streamed = (LABEL_UNLABELED,) if self.n_known else (LABEL_UNLABELED, LABEL_NEGATIVE)
-        n_streamed = n_unlabeled if self.n_known else n_unlabeled + len(known)
-        self.steps = steps_per_epoch or default_steps(n_streamed, self.n_unl, world_size)
+        self.steps = steps_per_epoch or epoch_steps
         self.others = ChunkStream(index, self.n_unl, buffer_size, seed=seed, rank=rank, world_size=world_size,
                                   labels=streamed, repeat=True)
         self.seed, self.rank, self.pin_memory, self.epoch = seed, rank, use_pinned_memory(pin_memory), 0
