@@ -31,7 +31,7 @@ from common.flags import add_renamed_argument
 from datasets.io.coordinates import write_coco, write_cryoppp_csv
 from datasets.io.layout import SPLITS, dataset_diameter, load_dataset
 from datasets.io.micrographs import read_micrograph
-from training.members import member_checkpoints
+from training.members import member_checkpoints, member_results
 
 
 def kept_particles(particles, fraction, rng):
@@ -114,7 +114,7 @@ def ours(data, out, expected, args, minutes, log):
     pick = sh([sys.executable, "pick_particles.py", "--checkpoint", *checkpoints,
                "--micrographs", data / args.score_split, "--output-dir", out / "picks", "--expected-particles",
                f"{expected:.1f}", "--device", "cpu"], log)
-    results = [json.loads((c.parent / "results.json").read_text()) for c in checkpoints]
+    results = member_results(checkpoints)
     return {**evaluate(out / "picks", data, args.score_split, out / "eval.json", log), "prior": results[0]["prior"],
             "train_s": sum(r["timings"]["train_seconds"] for r in results), "members": len(checkpoints),
             "pick_s_per_mic": pick / split_count(data, args.score_split)}

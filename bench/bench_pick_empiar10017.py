@@ -25,7 +25,7 @@ import torch
 from bench.runner import REPO, sh
 from bench.topaz import as_mrc, topaz_extract, topaz_preprocess, topaz_train
 from common.flags import add_renamed_argument
-from training.members import member_checkpoints
+from training.members import member_checkpoints, member_results
 
 EMPIAR = REPO.parent / "shared" / "data" / "empiar10017"
 TOPAZ_REFERENCE = {"auprc": 0.884, "best_f1": 0.865, "precision": 0.80, "recall": 0.94, "pick_s_per_mic": 41 / 5}
@@ -48,7 +48,7 @@ def ours(args, out, log):
                "--micrographs", Path(args.data_root) / "test", "--output-dir", picks, "--overlays", "1",
                "--device", "cpu"], log)
     summary = evaluate(picks, args.data_root, out / "eval_ours.json", log)
-    results = [json.loads((c.parent / "results.json").read_text()) for c in checkpoints]
+    results = member_results(checkpoints)
     return {"summary": summary, "train_s": sum(r["timings"]["train_seconds"] for r in results),
             "members": len(checkpoints), "train_wall_s": train,
             "pick_s_per_mic": pick / 5, "patch_test": results[0]["test"]}

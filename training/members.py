@@ -5,6 +5,7 @@ rest of the config unchanged (training.max_minutes is the whole ensemble's; the 
 its share). Light on imports, so the pipeline script and the benchmarks can list the members cheaply.
 """
 import copy
+import json
 from pathlib import Path
 
 from common.config import load_yaml
@@ -32,3 +33,8 @@ def member_checkpoints(run_dir) -> list[Path]:
     """best.pt of every member of the run in run_dir (training.members of its config.yaml): what picking takes."""
     config = load_yaml(Path(run_dir) / "config.yaml")
     return [d / "best.pt" for d in member_dirs(run_dir, config["training"].get("members", 1))]
+
+
+def member_results(checkpoints) -> list[dict]:
+    """results.json of each member whose best.pt is in checkpoints (as member_checkpoints lists them)."""
+    return [json.loads((Path(c).parent / "results.json").read_text()) for c in checkpoints]

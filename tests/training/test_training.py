@@ -21,7 +21,7 @@ from models.ensemble import MeanLogitEnsemble
 from models.precision import native_bf16
 from picking.score import load_picker
 from training.engine import member_budget_seconds, resume_hint
-from training.members import member_checkpoints, member_dirs, member_runs
+from training.members import member_checkpoints, member_dirs, member_results, member_runs
 
 FAST = ["--set", "data.input_size=32", "model.backbone=resnet_tiny", "training.batch_size=32",
         "training.steps_per_epoch=8", "training.log_every=4", "data.max_eval_samples=400",
@@ -228,7 +228,7 @@ def test_members_train_one_after_the_other_with_their_own_seeds_and_pick_as_one_
     configs = [yaml.safe_load((d / "config.yaml").read_text())["training"] for d in (run, run / "member2")]
     assert [(c["seed"], c["members"]) for c in configs] == [(42, 2), (43, 2)]
     results = [json.loads((d / "results.json").read_text()) for d in (run, run / "member2")]
-    assert first == results[0]
+    assert first == results[0] and member_results(member_checkpoints(run)) == results
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["members"] == 2 and summary["steps"] == results[0]["steps"] + results[1]["steps"] == 16
     assert summary["train_seconds"] == pytest.approx(sum(r["timings"]["train_seconds"] for r in results), abs=0.1)
