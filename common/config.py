@@ -7,6 +7,7 @@ never silently does nothing. The resolved config is saved beside the results.
 """
 import copy
 import math
+import shlex
 from pathlib import Path
 
 import yaml
@@ -100,6 +101,12 @@ def parse_overrides(items):
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
     return nested
+
+
+def override_item(dotted, value):
+    """The --set item that parse_overrides reads back as {dotted: value}, quoted for a shell where needed."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix("...\n").strip()
+    return shlex.quote(f"{dotted}={text}")
 
 
 def set_dotted(nested, dotted, value):

@@ -183,9 +183,10 @@ CASES = {
     "no usable prior in the chunks": (lambda w, t: train(w, t, data_dir=edit_metadata(copy_chunks(w, t), lambda m: m[
         "priors"].update(method="unknown: pass --expected-particles"))), r"no usable prior in metadata"),
     "resume with another architecture": (lambda w, t: (TRAIN, w.train_args(w.root / "runs", "run") + [
-        "model.backbone=resnet18"]), r"different config \(model.backbone\)"),
+        "model.backbone=resnet18"]), r"different config \(model.backbone\); resume it as it was with --set "
+                                        r"model.backbone=\S+, or use another --exp-name"),
     "resume of a run from before a config key": (lambda w, t: run_from_before(w, t, "data.known_negative_share"),
-                                                  r"predates data.known_negative_share: resume it as it was with "
+                                                  r"\(data.known_negative_share\); resume it as it was with "
                                                   r"--set data.known_negative_share=null"),
     "a last.pt that would run code": (lambda w, t: malicious(with_file(t / "runs" / "m", "last.pt"), "last.pt") and
                                       train(w, t, exp="m"), r"last.pt holds objects other than tensors .* run code"),

@@ -26,6 +26,7 @@ class TrainBatches:
                       steps_per_epoch=train_cfg["steps_per_epoch"], seed=train_cfg["seed"], rank=rank,
                       world_size=world_size, known_negative_share=data_cfg["known_negative_share"])
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.stream = self.dataset = self.sampler = None  # on_demand: a stream; else a dataset and its sampler
         if mode == "on_demand":
             self.stream = PUStream(open_chunk_dirs(dirs, "train"), buffer_size=data_cfg["shuffle_buffer"],
                                    pin_memory=pin_memory, **common)
@@ -36,14 +37,14 @@ class TrainBatches:
                 refuse_beyond_memory(self.dataset.index, mode)
             self.sampler = PUBatchSampler(self.dataset.labels, source=str(dirs), **common)
             self.steps, self.patch_size = len(self.sampler), self.dataset.index.patch_size
-        source = self.stream if hasattr(self, "stream") else self.sampler
+        source = self.stream if self.stream is not None else self.sampler
         if data_cfg["known_negative_share"] is not None and not source.n_known and rank == 0:
             print(f"data.known_negative_share {data_cfg['known_negative_share']}: the train split of {dirs} lacks known "
                   f"negatives (label -1) or unlabeled windows, so its non-positive windows are drawn as one pool")
 
     def epoch(self, epoch, skip=0):
         """The batches of `epoch`, the first `skip` left out (a resumed epoch)."""
-        if hasattr(self, "stream"):
+        if self.stream is not None:
             self.stream.set_epoch(epoch)
             batches = iter(self.stream)
             for _ in range(skip):

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.config import diff_keys, save_config
+from common.config import diff_keys, override_item, save_config
 from common.errors import InputError
 from common.files import LOCK_FILE, atomic_write_json, atomic_write_text, folder_lock, git_sha
 from datasets.augment import strong_augment, weak_augment
@@ -43,7 +43,8 @@ from training.visuals import (Visuals, build_visuals, check_visual_settings, log
 RESUMABLE_CHANGES = {"training.epochs", "training.max_minutes", "training.members", "training.early_stopping_patience",
                      "training.unlabeled_grid_size", "training.unlabeled_grid_pool", "training.picks_preview_every"}
 # keys added to the config since runs were trained without them -> the value that trains as those runs did
-ADDED_KEYS = {"data.known_negative_share": "null"}
+ADDED_KEYS = {"data.known_negative_share": None}
+MISSING = object()  # resume_hint: a key the saved config lacks and ADDED_KEYS does not name
 POSTFIX_EVERY = 10  # steps between updates of the progress bar's loss and mask rate (each one a host sync)
 
 
@@ -420,15 +421,20 @@ def save_state(run, name, epoch, step_in_epoch):
         write_metrics(run)
 
 
-def resume_hint(saved_config, differing):
-    """For a run whose config predates every differing key (ADDED_KEYS): the --set that resumes it as it was."""
-    def absent(dotted):
-        section, _, key = dotted.partition(".")
-        return key not in saved_config.get(section, {})
-    if not all(key in ADDED_KEYS and absent(key) for key in differing):
+def resume_hint(saved_config, config, differing):
+    """The --set that resumes a run as it was trained: each differing key at its saved value, or at the value
+    that trains as runs from before the key did (ADDED_KEYS); empty where a key has neither, or where `config`
+    (the run's now) has no such key to set."""
+    def value(nested, dotted, missing):
+        for part in dotted.split("."):
+            if not isinstance(nested, dict) or part not in nested:
+                return missing
+            nested = nested[part]
+        return nested
+    values = {dotted: value(saved_config, dotted, ADDED_KEYS.get(dotted, MISSING)) for dotted in differing}
+    if any(v is MISSING for v in values.values()) or any(value(config, k, MISSING) is MISSING for k in values):
         return ""
-    return (f"it predates {', '.join(differing)}: resume it as it was with --set "
-            f"{' '.join(f'{key}={ADDED_KEYS[key]}' for key in differing)}, or ")
+    return f"resume it as it was with --set {' '.join(override_item(k, v) for k, v in values.items())}, or "
 
 
 def restore_state(run, path):
@@ -438,7 +444,7 @@ def restore_state(run, path):
     differing = [k for k in changed if k not in RESUMABLE_CHANGES]
     if differing:
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
-                         f"{resume_hint(state['config'], differing)}use another --exp-name or delete {run.run_dir}")
+                         f"{resume_hint(state['config'], run.config, differing)}use another --exp-name or delete {run.run_dir}")
     saved_prior = (state.get("prior") or {}).get("value")
     if saved_prior != (run.prior.value if run.prior else None):
         raise InputError(f"{path} was trained with prior {saved_prior}, the run now has {run.prior}; use another "

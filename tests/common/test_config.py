@@ -1,7 +1,9 @@
 """The one place a config is resolved: layering, unknown keys and value types, each a one-line error."""
+import shlex
+
 import pytest
 
-from common.config import resolve_config
+from common.config import override_item, parse_overrides, resolve_config
 from common.errors import InputError
 
 DEFAULTS = """
@@ -73,3 +75,11 @@ def test_a_nullable_key_takes_null_and_its_type_but_nothing_else(tmp_path):
         resolve_config(path, overrides=["data.known_negative_share=[1]"])
     with pytest.raises(InputError, match="'training.epochs' .* must be a whole number"):
         resolve_config(path, overrides=["training.epochs=null"])
+
+
+@pytest.mark.parametrize("value", [None, 0.25, 1e-5, 3, True, "resnet_tiny", "two words", [1, 4], ["a b", "c"]])
+def test_an_override_item_reads_back_through_a_shell_as_its_value(value):
+    """What a refused resume prints: the shell splits it into one --set item that parses to the value."""
+    items = shlex.split(override_item("loss.prior", value))
+    assert len(items) == 1
+    assert parse_overrides(items) == {"loss": {"prior": value}}

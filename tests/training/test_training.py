@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import make_synthetic_dataset
 import preprocess_coco_full_dataset
 import train_pu_fixed_full
 import train_with_chunked_data
+from common.config import parse_overrides
 from common.errors import InputError
 from conftest import REPO
 from datasets.chunks.format import PreprocessingFacts
@@ -347,12 +349,21 @@ def test_training_amp_runs_bf16_only_where_the_device_has_it(monkeypatch, amp, n
     assert engine.uses_bf16(run) == (expected == torch.bfloat16)
 
 
-def test_a_run_from_before_a_config_key_is_told_how_to_resume_as_it_was():
-    """A last.pt whose config lacks a key added since (data.known_negative_share) names the --set that
-    trains as it did; any other difference gets no such hint."""
-    saved = {"data": {"batch_ratio": [1, 4]}, "model": {"backbone": "resnet_tiny"}}
-    hint = resume_hint(saved, ["data.known_negative_share"])
-    assert hint == ("it predates data.known_negative_share: resume it as it was with --set "
-                    "data.known_negative_share=null, or ")
-    assert resume_hint(saved, ["data.known_negative_share", "model.backbone"]) == ""
-    assert resume_hint({"data": {"known_negative_share": 0.5}}, ["data.known_negative_share"]) == ""
+def test_a_refused_resume_names_the_set_that_trains_as_the_run_did():
+    """Each differing key at its saved value (a default changed since, e.g. the share at 0.25); a key added
+    since the run (data.known_negative_share, absent) at the value that trains as runs without it did; no
+    hint where a key is missing otherwise, or gone from the config now. The items read back as the values."""
+    now = {"data": {"batch_ratio": [1, 3], "known_negative_share": 0.5}, "model": {"backbone": "resnet18"}}
+    saved = {"data": {"batch_ratio": [1, 4], "known_negative_share": 0.25}, "model": {"backbone": "resnet_tiny"}}
+    hint = resume_hint(saved, now, ["data.known_negative_share", "model.backbone", "data.batch_ratio"])
+    assert hint == ("resume it as it was with --set data.known_negative_share=0.25 model.backbone=resnet_tiny "
+                    "'data.batch_ratio=[1, 4]', or ")
+    items = shlex.split(hint.removeprefix("resume it as it was with --set ").removesuffix(", or "))
+    assert parse_overrides(items) == {"data": {"known_negative_share": 0.25, "batch_ratio": [1, 4]},
+                                      "model": {"backbone": "resnet_tiny"}}
+    before = {"data": {"batch_ratio": [1, 4]}}
+    assert resume_hint(before, now, ["data.known_negative_share"]) == ("resume it as it was with --set "
+                                                                         "data.known_negative_share=null, or ")
+    assert resume_hint(before, now, ["data.known_negative_share", "model.backbone"]) == ""
+    assert resume_hint({**saved, "loss": {"removed_since": 1}}, now, ["loss.removed_since"]) == ""
+
