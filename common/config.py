@@ -109,6 +109,15 @@ def override_item(dotted, value):
     return shlex.quote(f"{dotted}={text}")
 
 
+def get_dotted(nested, dotted, missing=None):
+    """nested['a']['b'] for dotted 'a.b', or `missing` where a section or the key is absent."""
+    for part in dotted.split("."):
+        if not isinstance(nested, dict) or part not in nested:
+            return missing
+        nested = nested[part]
+    return nested
+
+
 def set_dotted(nested, dotted, value):
     """Set nested['a']['b'] = value for dotted 'a.b', creating sections as needed."""
     node = nested

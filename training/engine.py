@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.config import diff_keys, override_item, save_config
+from common.config import diff_keys, get_dotted, override_item, save_config
 from common.errors import InputError
 from common.files import LOCK_FILE, atomic_write_json, atomic_write_text, folder_lock, git_sha
 from datasets.augment import strong_augment, weak_augment
@@ -425,14 +425,8 @@ def resume_hint(saved_config, config, differing):
     """The --set that resumes a run as it was trained: each differing key at its saved value, or at the value
     that trains as runs from before the key did (ADDED_KEYS); empty where a key has neither, or where `config`
     (the run's now) has no such key to set."""
-    def value(nested, dotted, missing):
-        for part in dotted.split("."):
-            if not isinstance(nested, dict) or part not in nested:
-                return missing
-            nested = nested[part]
-        return nested
-    values = {dotted: value(saved_config, dotted, ADDED_KEYS.get(dotted, MISSING)) for dotted in differing}
-    if any(v is MISSING for v in values.values()) or any(value(config, k, MISSING) is MISSING for k in values):
+    values = {dotted: get_dotted(saved_config, dotted, ADDED_KEYS.get(dotted, MISSING)) for dotted in differing}
+    if any(v is MISSING or get_dotted(config, k, MISSING) is MISSING for k, v in values.items()):
         return ""
     return f"resume it as it was with --set {' '.join(override_item(k, v) for k, v in values.items())}, or "
 
@@ -443,8 +437,9 @@ def restore_state(run, path):
     changed = diff_keys(state["config"], run.config)
     differing = [k for k in changed if k not in RESUMABLE_CHANGES]
     if differing:
+        hint = resume_hint(state["config"], run.config, differing)
         raise InputError(f"{path} was trained with a different config ({', '.join(differing)}); "
-                         f"{resume_hint(state['config'], run.config, differing)}use another --exp-name or delete {run.run_dir}")
+                         f"{hint}use another --exp-name or delete {run.run_dir}")
     saved_prior = (state.get("prior") or {}).get("value")
     if saved_prior != (run.prior.value if run.prior else None):
         raise InputError(f"{path} was trained with prior {saved_prior}, the run now has {run.prior}; use another "

@@ -366,4 +366,3 @@ def test_a_refused_resume_names_the_set_that_trains_as_the_run_did():
                                                                          "data.known_negative_share=null, or ")
     assert resume_hint(before, now, ["data.known_negative_share", "model.backbone"]) == ""
     assert resume_hint({**saved, "loss": {"removed_since": 1}}, now, ["loss.removed_since"]) == ""
-
